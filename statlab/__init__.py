@@ -1,0 +1,27 @@
+"""statlab — STAT: Shrinking Transformers After Training.
+
+Retraining-free structured pruning of transformers by interpolative
+decompositions of activations. ``statlab.reference`` is the readable NumPy/SciPy
+ground truth; ``statlab.fast`` the PyTorch path with the same interface.
+
+Importing ``statlab`` imports neither torch nor transformers: submodules load on
+first use, so ``statlab.reference`` works where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("fast", "reference", "cli", "demo")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'statlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES))

@@ -1,0 +1,110 @@
+"""Streamed Gram matrices ``G = Z^T Z`` of activations that never exist whole.
+
+The Gram route of the fast ID (DESIGN §1.1) needs only ``G (n, n)``; the
+activations ``Z (N, n)`` arrive batch by batch from forward hooks, each batch is
+cast to the accumulation type on the fly and added with one GEMM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("fp64", "fp32", "tf32")
+
+
+class NonFiniteActivationError(ValueError):
+    """Activations contain NaN or Inf; the message names where they came from."""
+
+
+def accumulation_dtype(precision: str) -> torch.dtype:
+    """The dtype a Gram is accumulated in for ``precision`` (fp64, fp32 or tf32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device):
+    """Let CUDA fp32 GEMMs use TF32 tensor cores inside the block when ``precision == "tf32"``.
+
+    TF32 keeps 10 mantissa bits: the Gram is then accurate to about 1e-3
+    relative, so residuals below ~3e-2·||Z|| are lost. A no-op on the CPU.
+    """
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
+
+
+class GramAccumulator:
+    """Accumulate ``G = Σ_b Z_b^T Z_b`` over batches of activations.
+
+    Parameters
+    ----------
+    n : int
+        Columns (units) of every batch.
+    device : torch.device or str, optional
+        Where ``G`` lives; batches are moved there.
+    precision : {"fp64", "fp32", "tf32"}
+        Accumulation type. fp64 (default) keeps residuals down to about
+        ``√ε64·||Z|| ≈ 1.5e-8·||Z||``; fp32 down to ``√ε32·||Z|| ≈ 3.5e-4·||Z||``;
+        tf32 (CUDA tensor cores) to about ``3e-2·||Z||``.
+    name : str, optional
+        Where the activations come from (e.g. ``"layer 3 mlp"``), used in errors.
+
+    Attributes
+    ----------
+    gram : Tensor, shape (n, n)
+        ``Σ Z_b^T Z_b`` in the accumulation dtype.
+    rows : int
+        Rows (tokens) accumulated so far, masked rows excluded.
+    """
+
+    def __init__(self, n: int, *, device=None, precision: str = "fp64", name: str = "activations"):
+        self.precision = precision
+        self.dtype = accumulation_dtype(precision)
+        self.name = name
+        self.gram = torch.zeros(n, n, dtype=self.dtype, device=device)
+        self.rows = 0
+
+    @property
+    def n(self) -> int:
+        return self.gram.shape[0]
+
+    def update(self, Z: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add a batch.
+
+        Parameters
+        ----------
+        Z : Tensor, shape (..., n)
+            Activations of any dtype (e.g. ``(batch, seq, n)`` from a hook).
+        mask : Tensor of bool, shape (...), optional
+            True for rows to keep (e.g. the attention mask, to drop padding).
+        """
+        if Z.shape[-1] != self.n:
+            raise ValueError(f"{self.name}: expected {self.n} columns, got shape {tuple(Z.shape)}")
+        Z = Z.reshape(-1, self.n)
+        if mask is not None:
+            if mask.numel() != Z.shape[0]:
+                raise ValueError(
+                    f"{self.name}: mask has {mask.numel()} entries for {Z.shape[0]} rows"
+                )
+            Z = Z[mask.reshape(-1).to(device=Z.device, dtype=torch.bool)]
+        if Z.shape[0] == 0:
+            return
+        Z = Z.to(device=self.gram.device, dtype=self.dtype)  # (rows, n)
+        if not torch.isfinite(Z).all():
+            raise NonFiniteActivationError(
+                f"NaN or Inf in {self.name}: check the model's dtype (fp16 overflow?) and inputs"
+            )
+        with matmul_precision(self.precision, self.gram.device):
+            self.gram.addmm_(Z.T, Z)
+        self.rows += Z.shape[0]

