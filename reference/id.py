@@ -35,11 +35,17 @@ class ID:
         the norm of the residual of the ``j``-th pivot after projecting out the
         ``j`` earlier ones. Non-increasing; ``errors[k]`` bounds what the
         ``k``-column ID leaves out of any single (weighted) column.
+    residuals : ndarray, shape (n + 1,)
+        ``residuals[k] = ||R[k:, k:]||_F = ||(Z - Z[:, P[:k]] T) D||_F``: the
+        weighted Frobenius residual of the ID that keeps the first ``k`` pivots
+        (exact least-squares coefficients). Non-increasing, ``residuals[0] =
+        ||Z D||_F``, ``residuals[n] = 0``.
     """
 
     idx: np.ndarray
     coef: np.ndarray
     errors: np.ndarray
+    residuals: np.ndarray
 
 
 def _check_inputs(Z, k, weights):
@@ -103,14 +109,19 @@ def interpolative_decomposition(Z, k=None, *, weights=None, ridge=0.0) -> ID:
     N, n = Z.shape
     Zw = Z if weights is None else Z * weights
     R, perm = scipy.linalg.qr(Zw, mode="r", pivoting=True)
+    R = R[: min(N, n)]  # (min(N, n), n): the rows below are zero
     errors = np.abs(np.diag(R))
+    # ||R[k:, k:]||_F^2 = sum of the squared norms of rows k, k+1, ... of R
+    row_norms2 = np.zeros(n)
+    row_norms2[: R.shape[0]] = np.sum(R**2, axis=1)
+    residuals = np.sqrt(np.append(np.cumsum(row_norms2[::-1])[::-1], 0.0))
     idx = perm[:k].astype(np.int64)
     rest = perm[k:]
 
     coef = np.zeros((k, n), dtype=np.result_type(Z.dtype, np.float64))
     coef[:, idx] = np.eye(k)
     if k == 0 or rest.size == 0:
-        return ID(idx, coef, errors)
+        return ID(idx, coef, errors, residuals)
     if ridge > 0:
         coef[:, rest] = ridge_least_squares(Z[:, idx], Z[:, rest], ridge)
     elif weights is None or np.all(weights > 0):
@@ -123,7 +134,7 @@ def interpolative_decomposition(Z, k=None, *, weights=None, ridge=0.0) -> ID:
         coef[:, rest] = fit
     else:
         coef[:, rest], *_ = scipy.linalg.lstsq(Z[:, idx], Z[:, rest])
-    return ID(idx, coef, errors)
+    return ID(idx, coef, errors, residuals)
 
 
 def ridge_least_squares(A, B, ridge):

@@ -45,7 +45,7 @@ MATRICES = _matrices()
 
 
 def as_reference(result: fast.ID) -> ref.ID:
-    return ref.ID(result.idx.cpu().numpy(), result.coef.cpu().numpy(), result.errors.cpu().numpy())
+    return ref.ID(*(x.cpu().numpy() for x in (result.idx, result.coef, result.errors, result.residuals)))
 
 
 @pytest.mark.parametrize("name", MATRICES)
@@ -64,6 +64,7 @@ def test_gram_route_matches_reference(name, fraction):
     # the error curve agrees down to the Gram's floor
     scale = expected.errors[0]
     np.testing.assert_allclose(got.errors.numpy(), expected.errors, rtol=1e-3, atol=FLOOR * scale * 10)
+    np.testing.assert_allclose(got.residuals.numpy(), expected.residuals, rtol=1e-3, atol=FLOOR * scale * 10)
 
 
 def test_identical_pivots_when_well_separated():
@@ -218,10 +219,11 @@ def test_device_loop_matches_lapack():
     Z = rng.standard_normal((200, 40)) * 1.3 ** -np.arange(40)
     G = torch.as_tensor(Z.T @ Z)
     tol = default_tolerance(G)
-    perm_loop, piv_loop = _pivoted_cholesky_loop(G, tol)
-    perm_lapack, piv_lapack = _pivoted_cholesky_lapack(G, tol)
+    perm_loop, piv_loop, removed_loop = _pivoted_cholesky_loop(G, tol)
+    perm_lapack, piv_lapack, removed_lapack = _pivoted_cholesky_lapack(G, tol)
     torch.testing.assert_close(perm_loop, perm_lapack)
     torch.testing.assert_close(piv_loop, piv_lapack, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(removed_loop, removed_lapack, rtol=1e-8, atol=1e-12)
 
 
 @settings(max_examples=60, deadline=None)
@@ -255,7 +257,7 @@ def test_cuda_matches_cpu(method):
     gpu = fast.interpolative_decomposition(Z.cuda(), 40, method=method, generator=gen)
     assert gpu.idx.device.type == "cuda"
     err_cpu = fast.reconstruction_error(Z, cpu)
-    err_gpu = fast.reconstruction_error(Z, fast.ID(gpu.idx.cpu(), gpu.coef.cpu(), gpu.errors.cpu()))
+    err_gpu = fast.reconstruction_error(Z, fast.ID(*(x.cpu() for x in (gpu.idx, gpu.coef, gpu.errors, gpu.residuals))))
     assert err_gpu <= 1.01 * err_cpu + FLOOR
 
 

@@ -59,6 +59,12 @@ def test_errors_non_increasing_and_bound_the_svd(rng):
     Z = with_spectrum(rng, 400, 40, s)
     result = interpolative_decomposition(Z)
     assert np.all(np.diff(result.errors) <= 1e-12 * result.errors[0])
+    # residuals[k] is the Frobenius error of the k-column ID with exact coefficients
+    assert result.residuals[0] == pytest.approx(np.linalg.norm(Z)) and result.residuals[-1] == 0
+    for k in (5, 10, 20):
+        part = interpolative_decomposition(Z, k)
+        direct = np.linalg.norm(Z - Z[:, part.idx] @ part.coef)
+        assert result.residuals[k] == pytest.approx(direct, rel=1e-6)
     for k in (5, 10, 20):
         part = interpolative_decomposition(Z, k)
         # no k columns can beat the best rank-k approximation (Eckart–Young)

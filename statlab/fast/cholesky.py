@@ -37,6 +37,9 @@ def pivoted_cholesky(G: torch.Tensor, tol: float | None = None):
     pivots : Tensor of float64, shape (n,)
         Residual diagonal at each pivot, ``R[j, j]^2`` of the pivoted QR;
         non-increasing; 0 once the remaining residual is below ``tol``.
+    removed : Tensor of float64, shape (n,)
+        ``||L[:, j]||^2 = ||R[j, :]||^2``: how much of ``trace(G)`` step ``j``
+        explains, so ``trace(G) - cumsum(removed)`` is ``||R[k:, k:]||_F^2``.
 
     Notes
     -----
@@ -59,9 +62,12 @@ def _pivoted_cholesky_lapack(G: torch.Tensor, tol: float):
     factor, piv, rank, info = scipy.linalg.lapack.dpstrf(G.numpy(), tol=tol, lower=1)
     if info < 0:
         raise RuntimeError(f"dpstrf rejected argument {-info}")
+    factor = np.tril(factor)[:, :rank]  # (n, rank) in pivot order; later columns unfactored
     pivots = np.zeros(n)
-    pivots[:rank] = np.diag(factor)[:rank] ** 2
-    return torch.from_numpy(piv.astype(np.int64) - 1), torch.from_numpy(pivots)
+    pivots[:rank] = np.diag(factor) ** 2
+    removed = np.zeros(n)
+    removed[:rank] = np.sum(factor**2, axis=0)
+    return tuple(torch.from_numpy(x) for x in (piv.astype(np.int64) - 1, pivots, removed))
 
 
 def _pivoted_cholesky_loop(G: torch.Tensor, tol: float):
@@ -70,6 +76,7 @@ def _pivoted_cholesky_loop(G: torch.Tensor, tol: float):
     L = torch.zeros(n, n, dtype=G.dtype, device=G.device)
     perm = torch.empty(n, dtype=torch.int64, device=G.device)
     pivots = torch.empty(n, dtype=G.dtype, device=G.device)
+    removed = torch.empty(n, dtype=G.dtype, device=G.device)
     free = torch.ones(n, dtype=torch.bool, device=G.device)
     neg_inf = torch.tensor(-torch.inf, dtype=G.dtype, device=G.device)
     for j in range(n):
@@ -82,6 +89,7 @@ def _pivoted_cholesky_loop(G: torch.Tensor, tol: float):
         column = G[:, p] - L[:, :j] @ L[p, :j]  # (n,)
         column = torch.where(keep & free, column * value.clamp_min(tol).rsqrt(), 0.0)
         L[:, j] = column
+        removed[j] = column.square().sum()
         residual = residual - column.square()
         free[p] = False
-    return perm, pivots
+    return perm, pivots, removed

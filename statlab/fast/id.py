@@ -47,11 +47,15 @@ class ID:
     errors : Tensor of float64, shape (min(N, n),)
         ``|R[j, j]|`` of the pivoted QR of ``Z @ diag(weights)``: the residual
         norm of the ``j``-th pivot after the ``j`` earlier ones. Non-increasing.
+    residuals : Tensor of float64, shape (n + 1,)
+        ``||(Z - Z[:, P[:k]] T) D||_F`` for ``k = 0..n``: the weighted residual
+        of keeping the first ``k`` pivots. Non-increasing, last entry 0.
     """
 
     idx: torch.Tensor
     coef: torch.Tensor
     errors: torch.Tensor
+    residuals: torch.Tensor
 
 
 def interpolative_decomposition(
@@ -124,7 +128,8 @@ def id_from_matrix(A: torch.Tensor, k: int | None = None, *, weights=None, ridge
     result = reference_id.interpolative_decomposition(
         A.detach().cpu().double().numpy(), k, weights=w, ridge=ridge
     )
-    return ID(*(torch.from_numpy(x).to(A.device) for x in (result.idx, result.coef, result.errors)))
+    fields = (result.idx, result.coef, result.errors, result.residuals)
+    return ID(*(torch.from_numpy(x).to(A.device) for x in fields))
 
 
 def id_from_gram(
@@ -160,22 +165,24 @@ def id_from_gram(
     if weights is not None:
         w = _check_weights(weights, n).to(G)
         scaled = G * w[:, None] * w[None, :]
-    perm, pivots = pivoted_cholesky(scaled)
-    perm, pivots = perm.to(G.device), pivots.to(G.device)
+    perm, pivots, removed = (x.to(G.device) for x in pivoted_cholesky(scaled))
     errors = pivots.clamp_min(0).sqrt()[: min(rows, n) if rows is not None else n]
+    explained = torch.cat([removed.new_zeros(1), removed.cumsum(0)])  # (n + 1,)
+    residuals = (scaled.diagonal().sum() - explained).clamp_min(0).sqrt()
+    residuals[-1] = 0.0
     idx, rest = perm[:k], perm[k:]
 
     coef = torch.zeros(k, n, dtype=torch.float64, device=G.device)
     coef[:, idx] = torch.eye(k, dtype=torch.float64, device=G.device)
     if k == 0 or rest.numel() == 0:
-        return ID(idx, coef, errors)
+        return ID(idx, coef, errors, residuals)
     G_II = G[idx][:, idx]  # (k, k)
     G_IJ = G[idx][:, rest]  # (k, n - k)
     scale = G_II.diagonal().sum() / k
     if scale > 0:
         lam = (ridge + 10 * eps) * scale
         coef[:, rest] = _solve_psd(G_II + lam * torch.eye(k, dtype=G.dtype, device=G.device), G_IJ)
-    return ID(idx, coef, errors)
+    return ID(idx, coef, errors, residuals)
 
 
 def _solve_psd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
