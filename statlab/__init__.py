@@ -14,14 +14,18 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("fast", "reference", "cli", "demo")
+_SUBMODULES = ("fast", "reference", "cli", "demo", "data", "evaluate", "models", "capture", "plan")
+_FUNCTIONS = {"prune": "statlab.driver", "load_pruned": "statlab.plan", "PruningPlan": "statlab.plan",
+              "load_model": "statlab.models.loading"}
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
     raise AttributeError(f"module 'statlab' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES))
+    return sorted(list(globals()) + list(_SUBMODULES) + list(_FUNCTIONS))

@@ -1,0 +1,123 @@
+"""The budget: cost model, layer weighting, and per-layer sizes by one threshold.
+
+DESIGN §1.4. Every prunable module has a cost per unit (MACs or parameters) and
+a curve ``r(k)`` of the relative output error left when it keeps ``k`` units
+(``r(0) = 1``, ``r(units) = 0``). One threshold ``τ`` on the weighted errors
+``w_l · r_l(k)`` sets every module's size — ``k_l(τ) = min{k : w_l r_l(k) <= τ}`` —
+and ``τ`` is bisected until the total cost meets the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModuleCost:
+    """What one prunable module costs.
+
+    Attributes
+    ----------
+    units : int
+        Heads/groups or neurons.
+    per_unit : float
+        Cost of one unit (MACs at the reference length, or parameters).
+    """
+
+    units: int
+    per_unit: float
+
+
+def head_macs(seq_len, hidden, head_dim, query_heads=1, kv_heads=1):
+    """MACs of one attention unit on a sequence of ``s`` tokens (Kwon et al. 2022).
+
+    ``s·d·d_h`` for each of its query, key, value and output projections and
+    ``s²·d_h`` for each query head's scores and weighted sum:
+    ``(2 q + 2 kv)·s·d·d_h + 2 q·s²·d_h`` (``4 s d d_h + 2 s² d_h`` for one MHA head).
+    """
+    s = seq_len
+    return (2 * query_heads + 2 * kv_heads) * s * hidden * head_dim + 2 * query_heads * s * s * head_dim
+
+
+def neuron_macs(seq_len, hidden, gated=False):
+    """MACs of one MLP neuron: ``2·s·d`` (``3·s·d`` gated: gate, up and down)."""
+    return (3 if gated else 2) * seq_len * hidden
+
+
+def head_params(hidden, head_dim, query_heads=1, kv_heads=1, bias=True):
+    """Parameters of one attention unit: its rows of ``W_Q, W_K, W_V``, its columns of ``W_O``."""
+    rows = (query_heads + 2 * kv_heads) * head_dim
+    return rows * hidden + query_heads * head_dim * hidden + (rows if bias else 0)
+
+
+def neuron_params(hidden, gated=False, bias=True):
+    """Parameters of one neuron: a row of ``W1`` (``Wg, Wu``), a column of ``W2``."""
+    return (3 if gated else 2) * hidden + (0 if gated or not bias else 1)
+
+
+def post_ln_layer_weights(num_layers):
+    """STAT's weights for post-LN encoders: ``w_l = sqrt(L + 1 - l) + 1``, ``l = 1..L``.
+
+    Deeper layers weigh less, so errors in early layers (which every later layer
+    sees) are avoided first. Returns shape (L,).
+    """
+    l = np.arange(1, num_layers + 1)
+    return np.sqrt(num_layers + 1 - l) + 1.0
+
+
+def sizes_for_threshold(curves, weights, tau):
+    """``k = min{k : w · r(k) <= τ}`` for every module; curves[i] has shape (units_i + 1,)."""
+    sizes = []
+    for curve, w in zip(curves, weights):
+        ok = np.nonzero(w * np.asarray(curve) <= tau)[0]
+        sizes.append(int(ok[0]) if ok.size else len(curve) - 1)
+    return sizes
+
+
+def total_cost(sizes, costs):
+    return float(sum(k * c.per_unit for k, c in zip(sizes, costs)))
+
+
+def choose_sizes(curves, costs, weights, fraction, *, iterations=100):
+    """Per-module sizes that meet ``cost <= fraction · dense cost`` by bisecting ``τ``.
+
+    Parameters
+    ----------
+    curves : list of ndarray, shapes (units_i + 1,)
+        Relative error curves, non-increasing, ending at 0.
+    costs : list of ModuleCost
+    weights : array_like, shape (modules,)
+        Error weight of each module (e.g. its layer's :func:`post_ln_layer_weights`).
+    fraction : float in (0, 1]
+        Fraction of the dense (prunable) cost to keep.
+
+    Returns
+    -------
+    (sizes, tau) : (list of int, float)
+        The smallest ``τ`` whose sizes fit the budget: the most the budget allows.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the budget fraction must lie in (0, 1], got {fraction}")
+    if len(curves) != len(costs) or len(curves) != len(weights):
+        raise ValueError("curves, costs and weights must have one entry per module")
+    dense = total_cost([c.units for c in costs], costs)
+    target = fraction * dense
+    lo, hi = 0.0, float(max(weights)) * 1.0 + 1e-12  # at τ = hi every module keeps nothing
+    if total_cost(sizes_for_threshold(curves, weights, lo), costs) <= target:
+        return sizes_for_threshold(curves, weights, lo), lo
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if total_cost(sizes_for_threshold(curves, weights, mid), costs) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return sizes_for_threshold(curves, weights, hi), hi
+
+
+def uniform_sizes(costs, fraction):
+    """The same kept fraction in every module, rounded down to fit: the baselines' sizes."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the budget fraction must lie in (0, 1], got {fraction}")
+    return [int(np.floor(fraction * c.units + 1e-9)) for c in costs]

@@ -1,0 +1,25 @@
+"""Pruning one module on torch tensors; mirrors :mod:`statlab.reference.pruning`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModulePruning:
+    """Result of pruning one module (see :class:`statlab.reference.pruning.ModulePruning`).
+
+    Attributes
+    ----------
+    idx : Tensor of int64, shape (k,)
+    weight : Tensor of float64, shape (out, k * u)
+    residuals : Tensor of float64, shape (units + 1,)
+    order : Tensor of int64, shape (units,)
+    """
+
+    idx: torch.Tensor
+    weight: torch.Tensor
+    residuals: torch.Tensor
+    order: torch.Tensor

@@ -1,0 +1,50 @@
+"""BERT (``BertModel`` and task heads on it): post-LN, MHA, GELU MLP."""
+
+from __future__ import annotations
+
+from .base import Adapter, Block, ZeroAttention
+
+
+def _encoder_prefix(model):
+    return "bert.encoder" if hasattr(model, "bert") else "encoder"
+
+
+class BertAdapter(Adapter):
+    model_types = ("bert",)
+
+    def blocks(self, model):
+        c = model.config
+        head_dim = c.hidden_size // c.num_attention_heads
+        prefix = _encoder_prefix(model)
+        blocks = []
+        for i, layer in enumerate(model.get_submodule(prefix).layer):
+            p = f"{prefix}.layer.{i}"
+            units = layer.attention.self.query.out_features // head_dim
+            blocks.append(Block(
+                index=i,
+                attention=f"{p}.attention.self",
+                attn_in=(f"{p}.attention.self.query", f"{p}.attention.self.key", f"{p}.attention.self.value"),
+                attn_out=f"{p}.attention.output.dense",
+                mlp_in=(f"{p}.intermediate.dense",),
+                mlp_out=f"{p}.output.dense",
+                units=units, unit_size=head_dim, head_dim=head_dim,
+            ))
+        return blocks
+
+    def hidden_size(self, model):
+        return model.config.hidden_size
+
+    def set_units(self, model, block, kept):
+        attn = model.get_submodule(block.attention)
+        attn.num_attention_heads = kept
+        attn.all_head_size = kept * block.head_dim
+
+    def remove_attention(self, model, block):
+        # BertAttention: output = LayerNorm(dense(self(x)) + x); a zero-width context makes dense(.) = bias
+        parent = model.get_submodule(block.attention.rsplit(".", 1)[0])
+        parent.self = _ZeroContext()
+
+
+class _ZeroContext(ZeroAttention):
+    def __init__(self):
+        super().__init__(0, None)

@@ -1,0 +1,38 @@
+"""DistilBERT (``DistilBertModel``): post-LN, MHA, GELU MLP, output map inside the attention."""
+
+from __future__ import annotations
+
+from .base import Adapter, Block, ZeroAttention
+
+
+class DistilBertAdapter(Adapter):
+    model_types = ("distilbert",)
+
+    def blocks(self, model):
+        c = model.config
+        head_dim = c.dim // c.n_heads
+        prefix = "distilbert.transformer" if hasattr(model, "distilbert") else "transformer"
+        blocks = []
+        for i, layer in enumerate(model.get_submodule(prefix).layer):
+            p = f"{prefix}.layer.{i}"
+            blocks.append(Block(
+                index=i,
+                attention=f"{p}.attention",
+                attn_in=(f"{p}.attention.q_lin", f"{p}.attention.k_lin", f"{p}.attention.v_lin"),
+                attn_out=f"{p}.attention.out_lin",
+                mlp_in=(f"{p}.ffn.lin1",),
+                mlp_out=f"{p}.ffn.lin2",
+                units=layer.attention.q_lin.out_features // head_dim, unit_size=head_dim, head_dim=head_dim,
+            ))
+        return blocks
+
+    def hidden_size(self, model):
+        return model.config.dim
+
+    def set_units(self, model, block, kept):
+        model.get_submodule(block.attention).n_heads = kept
+
+    def remove_attention(self, model, block):
+        parent_path, name = block.attention.rsplit(".", 1)
+        out = model.get_submodule(block.attn_out)
+        setattr(model.get_submodule(parent_path), name, ZeroAttention(out.out_features, out.bias))
