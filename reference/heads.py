@@ -88,4 +88,4 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0) -> ModulePruning:
     weight = W_out[:, I]
     if k and J.size:
         weight = weight + W_out[:, J] @ _fit(C, I, J, ridge).T
-    return ModulePruning(order[:k], weight, residuals, order)
+    return ModulePruning(order[:k], weight, residuals)

@@ -38,8 +38,7 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0) -> ModulePruning:
     """
     W_out = np.asarray(W_out, dtype=np.float64)
     weights = np.linalg.norm(W_out, axis=0)  # (n,)
-    full = interpolative_decomposition(Z, None, weights=weights)
     result = interpolative_decomposition(Z, k, weights=weights, ridge=ridge)
-    total = full.residuals[0]
-    residuals = full.residuals / total if total > 0 else np.zeros_like(full.residuals)
-    return ModulePruning(result.idx, W_out @ result.coef.T, residuals, full.idx)
+    total = result.residuals[0]
+    residuals = result.residuals / total if total > 0 else np.zeros_like(result.residuals)
+    return ModulePruning(result.idx, W_out @ result.coef.T, residuals)

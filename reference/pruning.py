@@ -22,11 +22,8 @@ class ModulePruning:
         Relative output error left when the first ``k`` units of the full
         importance order are kept, ``k = 0..units``: 1 at ``k = 0``, 0 at
         ``k = units``. Drives the per-layer sizes (DESIGN §1.4).
-    order : ndarray of int64, shape (units,)
-        The full importance order; ``idx = order[:k]``.
     """
 
     idx: np.ndarray
     weight: np.ndarray
     residuals: np.ndarray
-    order: np.ndarray

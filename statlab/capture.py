@@ -8,6 +8,8 @@ backend) or into NumPy matrices (reference backend).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -45,7 +47,54 @@ class MatrixRecorder:
         return np.concatenate(self.parts) if self.parts else np.zeros((0, self.n))
 
 
-def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=None):
+class LayerReplay:
+    """Stands in for the blocks below the one being pruned, replaying their cached output.
+
+    Propagating activations through already pruned blocks (DESIGN §1.4) would
+    cost a forward through every block below for every block pruned. Instead
+    the output of the last pruned block is cached per calibration batch, and
+    while block ``l`` is processed, blocks ``0..l-1`` are replaced by modules
+    that return that cached output: a pass costs the embeddings plus block ``l``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    layers_path : str
+        Path of the ``nn.ModuleList`` of blocks.
+    """
+
+    def __init__(self, model, layers_path):
+        self.layers = model.get_submodule(layers_path)
+        self.outputs = None  # list over batches of block outputs
+        self.batch = 0
+        self._saved = []
+
+    def install(self, upto: int) -> None:
+        """Replace blocks ``0..upto-1`` by the replay (no-op while nothing is cached)."""
+        if self.outputs is None or upto == 0:
+            return
+        self._saved = [self.layers[i] for i in range(upto)]
+        for i in range(upto):
+            self.layers[i] = _Replay(self)
+
+    def restore(self) -> None:
+        for i, layer in enumerate(self._saved):
+            self.layers[i] = layer
+        self._saved = []
+
+
+class _Replay(torch.nn.Module):
+    def __init__(self, replay):
+        super().__init__()
+        self.replay = [replay]  # a list, so the replay is not registered as a submodule
+
+    def forward(self, *args, **kwargs):
+        replay = self.replay[0]
+        return replay.outputs[replay.batch]
+
+
+def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=None,
+            replay: LayerReplay | None = None, outputs_of: str | None = None):
     """Run the calibration batches and collect the inputs of the named linear maps.
 
     Parameters
@@ -60,12 +109,18 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     stop_early : bool
         Stop each forward once every target has been seen (layers above are
         not needed).
+    replay : LayerReplay, optional
+        Told which batch is running, so replayed blocks return its cached output.
+    outputs_of : str, optional
+        Path of a block whose outputs are recorded, one per batch, under the
+        key ``"outputs"`` (the forward stops there when ``stop_early``).
 
     Returns
     -------
-    dict[str, GramAccumulator | MatrixRecorder]
+    dict[str, GramAccumulator | MatrixRecorder | list]
     """
     device = next(model.parameters()).device
+    accepted = inspect.signature(model.forward).parameters  # DistilBERT takes no token_type_ids
     recorders, handles = {}, []
     state = {"mask": None, "seen": set()}
     for label, path in targets.items():
@@ -77,14 +132,26 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
         def hook(module, args, label=label):
             recorders[label].update(args[0], state["mask"])
             state["seen"].add(label)
-            if stop_early and state["seen"] == set(recorders):
+            if stop_early and state["seen"] >= wanted:
                 raise _StopForward
 
         handles.append(linear.register_forward_pre_hook(hook))
+    outputs = []
+    if outputs_of is not None:
+        def record_output(module, args, output):
+            outputs.append(output)
+            state["seen"].add("outputs")
+            if stop_early and state["seen"] >= wanted:
+                raise _StopForward
+
+        handles.append(model.get_submodule(outputs_of).register_forward_hook(record_output))
+    wanted = set(recorders) | ({"outputs"} if outputs_of is not None else set())
     try:
         with torch.no_grad():
-            for batch in tqdm(batches, desc=desc or "capture", leave=False, disable=None):
-                batch = {k: v.to(device) for k, v in batch.items()}
+            for i, batch in enumerate(tqdm(batches, desc=desc or "capture", leave=False, disable=None)):
+                if replay is not None:
+                    replay.batch = i
+                batch = {k: v.to(device) for k, v in batch.items() if k in accepted}
                 mask = batch.get("attention_mask")
                 state["mask"] = None if mask is None else mask.bool()
                 state["seen"] = set()
@@ -95,4 +162,6 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     finally:
         for h in handles:
             h.remove()
+    if outputs_of is not None:
+        recorders["outputs"] = outputs
     return recorders

@@ -24,7 +24,8 @@ from statlab.reference import budget as budget_lib
 from statlab.reference import heads as ref_heads
 from statlab.reference import mlp as ref_mlp
 
-from .capture import capture
+from .capture import LayerReplay, capture
+from .costs import module_costs
 from .fast import heads as fast_heads
 from .fast import mlp as fast_mlp
 from .models import get_adapter
@@ -66,24 +67,6 @@ def _check_calibration(calibration, blocks, model):
     for b in calibration:
         digest.update(b["input_ids"].cpu().numpy().tobytes())
     return tokens, seq_len, digest.hexdigest()
-
-
-def module_costs(model, adapter, blocks, kind, seq_len):
-    """Per-block (attention, MLP) :class:`ModuleCost` for ``kind`` in {"macs", "params"}."""
-    d = adapter.hidden_size(model)
-    costs = []
-    for b in blocks:
-        out = model.get_submodule(b.attn_out)
-        bias = out.bias is not None
-        if kind == "macs":
-            head = budget_lib.head_macs(seq_len, d, b.head_dim, b.heads_per_unit, 1)
-            neuron = budget_lib.neuron_macs(seq_len, d, adapter.gated)
-        else:
-            head = budget_lib.head_params(d, b.head_dim, b.heads_per_unit, 1, bias)
-            neuron = budget_lib.neuron_params(d, adapter.gated, bias)
-        n = model.get_submodule(b.mlp_out).in_features
-        costs.append((budget_lib.ModuleCost(b.units, head), budget_lib.ModuleCost(n, neuron)))
-    return costs
 
 
 def _stats(recorder, backend):
@@ -205,25 +188,43 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
 
     layers, tensors = [], {}
     dtype = next(model.parameters()).dtype
+    replay = LayerReplay(model, adapter.layers_path(model)) if propagate and method == "stat" else None
+
+    def propagated(target, block, label):
+        """Stats of ``target``'s input, computed through the pruned blocks below ``block``."""
+        replay.install(block.index)
+        try:
+            return capture(model, calibration, {"x": target}, backend=backend, replay=replay, desc=label)["x"]
+        finally:
+            replay.restore()
+
     for b in tqdm(blocks, desc=f"prune ({method})", leave=False, disable=None):
         k_attn, k_mlp = sizes[2 * b.index], sizes[2 * b.index + 1]
         n = model.get_submodule(b.mlp_out).in_features
         if method == "stat":
-            stats = (capture(model, calibration, {"a": b.attn_out}, backend=backend, desc=f"layer {b.index} attention")["a"]
-                     if propagate else dense[f"layer {b.index} attention"])
+            stats = (propagated(b.attn_out, b, f"layer {b.index} attention") if replay
+                     else dense[f"layer {b.index} attention"])
             attn_kept, W_O, _ = _prune_attention(_stats(stats, backend), model.get_submodule(b.attn_out).weight, b, k_attn, backend, ridge)
         else:
             attn_kept, W_O = _magnitude_attention(model, b, k_attn)
         W_O = W_O.to(dtype)
         apply_attention(model, adapter, b, attn_kept, W_O)
         if method == "stat":
-            stats = (capture(model, calibration, {"m": b.mlp_out}, backend=backend, desc=f"layer {b.index} mlp")["m"]
-                     if propagate else dense[f"layer {b.index} mlp"])
+            stats = (propagated(b.mlp_out, b, f"layer {b.index} mlp") if replay
+                     else dense[f"layer {b.index} mlp"])
             mlp_kept, W2, _ = _prune_mlp(_stats(stats, backend), model.get_submodule(b.mlp_out).weight, k_mlp, backend, ridge)
         else:
             mlp_kept, W2 = _magnitude_mlp(model, b, k_mlp)
         W2 = W2.to(dtype)
         apply_mlp(model, b, mlp_kept, W2)
+        if replay and b.index + 1 < len(blocks):
+            replay.install(b.index)
+            try:
+                outputs = capture(model, calibration, {}, replay=replay, desc=f"layer {b.index} output",
+                                  outputs_of=f"{adapter.layers_path(model)}.{b.index}")["outputs"]
+            finally:
+                replay.restore()
+            replay.outputs = outputs
         tensors[f"layer.{b.index}.attn_out.weight"] = W_O.cpu()
         tensors[f"layer.{b.index}.mlp_out.weight"] = W2.cpu()
         layers.append({

@@ -136,23 +136,15 @@ class PruningPlan:
 
 def apply_attention(model, adapter, block, kept, weight) -> None:
     """Keep attention units ``kept`` of ``block``; ``weight (out, k·u)`` becomes ``W_O``."""
-    if len(kept) == block.units and torch.equal(torch.as_tensor(kept), torch.arange(block.units)):
-        set_input_weight(model, block.attn_out, weight)
-        return
-    if len(kept) == 0:
-        adapter.remove_attention(model, block)
-        try:  # BERT keeps W_O (now zero-width); DistilBERT's went with its attention module
-            model.get_submodule(block.attn_out)
-        except AttributeError:
-            return
-        set_input_weight(model, block.attn_out, weight)
-        return
     units = torch.as_tensor(kept, dtype=torch.int64)
     for path in block.attn_in:
         rows_per_unit = model.get_submodule(path).out_features // block.units
         keep_rows(model, path, unit_rows(units, rows_per_unit))
     set_input_weight(model, block.attn_out, weight)
-    adapter.set_units(model, block, len(kept))
+    if len(kept) == 0:
+        adapter.remove_attention(model, block)
+    else:
+        adapter.set_units(model, block, len(kept))
 
 
 def apply_mlp(model, block, kept, weight) -> None:

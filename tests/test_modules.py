@@ -62,7 +62,7 @@ def test_heads_fast_matches_reference(k, unit_size):
     k = min(k, units)
     expected = ref_heads(C, W_O, unit_size, k)
     got = fast_heads(torch.as_tensor(C.T @ C), torch.as_tensor(W_O), unit_size, k)
-    np.testing.assert_array_equal(got.order.numpy(), expected.order)
+    np.testing.assert_array_equal(got.idx.numpy(), expected.idx)
     np.testing.assert_allclose(got.residuals.numpy(), expected.residuals, atol=1e-6)
     np.testing.assert_allclose(got.weight.numpy(), expected.weight, atol=1e-6)
     cols = (expected.idx[:, None] * unit_size + np.arange(unit_size)).reshape(-1)

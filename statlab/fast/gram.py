@@ -101,10 +101,11 @@ class GramAccumulator:
         if Z.shape[0] == 0:
             return
         Z = Z.to(device=self.gram.device, dtype=self.dtype)  # (rows, n)
-        if not torch.isfinite(Z).all():
+        with matmul_precision(self.precision, self.gram.device):
+            self.gram.addmm_(Z.T, Z)
+        # NaN and Inf reach the diagonal sum(z^2): one reduction of n numbers checks the batch
+        if not torch.isfinite(self.gram.diagonal().sum()):
             raise NonFiniteActivationError(
                 f"NaN or Inf in {self.name}: check the model's dtype (fp16 overflow?) and inputs"
             )
-        with matmul_precision(self.precision, self.gram.device):
-            self.gram.addmm_(Z.T, Z)
         self.rows += Z.shape[0]

@@ -81,4 +81,4 @@ def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *,
     weight = W[:, I]
     if k and J.numel():
         weight = weight + W[:, J] @ _fit(G, I, J, ridge).T
-    return ModulePruning(order[:k], weight, residuals, order)
+    return ModulePruning(order[:k], weight, residuals)

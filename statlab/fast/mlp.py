@@ -31,8 +31,7 @@ def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.
     """
     W_out = W_out.detach().to(device=G.device, dtype=torch.float64)
     weights = W_out.norm(dim=0)  # (n,)
-    full = id_from_gram(G, None, weights=weights)
     result = id_from_gram(G, k, weights=weights, ridge=ridge)
-    total = full.residuals[0]
-    residuals = full.residuals / total if total > 0 else torch.zeros_like(full.residuals)
-    return ModulePruning(result.idx, W_out @ result.coef.T, residuals, full.idx)
+    total = result.residuals[0]
+    residuals = result.residuals / total if total > 0 else torch.zeros_like(result.residuals)
+    return ModulePruning(result.idx, W_out @ result.coef.T, residuals)

@@ -16,10 +16,8 @@ class ModulePruning:
     idx : Tensor of int64, shape (k,)
     weight : Tensor of float64, shape (out, k * u)
     residuals : Tensor of float64, shape (units + 1,)
-    order : Tensor of int64, shape (units,)
     """
 
     idx: torch.Tensor
     weight: torch.Tensor
     residuals: torch.Tensor
-    order: torch.Tensor

@@ -50,23 +50,23 @@ class Block:
 
 
 class ZeroAttention(nn.Module):
-    """Stands in for an attention block whose every unit was removed.
+    """Stands in for an attention module whose every unit was removed (``k = 0``).
 
-    Returns the output map's bias (or zeros) for every token, as the pruned
-    block would: ``context = 0``, ``y = 0 @ W_O^T + b_O``.
+    Keeps the (now zero-width) projections under their original names, so the
+    adapter's paths stay valid, and returns what the pruned module would: a
+    zero-width context, or ``out(context) = b_O`` when the output map is inside
+    the module (``out`` names it).
     """
 
-    def __init__(self, hidden: int, bias: torch.Tensor | None, returns_tuple: bool = True):
+    def __init__(self, projections: dict[str, nn.Module], out: str | None = None):
         super().__init__()
-        self.hidden = hidden
-        self.returns_tuple = returns_tuple
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        for name, module in projections.items():
+            self.add_module(name, module)
+        self.out = out
 
     def forward(self, hidden_states, *args, **kwargs):
-        out = hidden_states.new_zeros(*hidden_states.shape[:-1], self.hidden)
-        if self.bias is not None:
-            out = out + self.bias
-        return (out, None) if self.returns_tuple else out
+        context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)  # (batch, seq, 0)
+        return (getattr(self, self.out)(context) if self.out else context), None
 
 
 class Adapter:
@@ -80,6 +80,10 @@ class Adapter:
         raise NotImplementedError
 
     def hidden_size(self, model) -> int:
+        raise NotImplementedError
+
+    def layers_path(self, model) -> str:
+        """Path of the ``nn.ModuleList`` of transformer blocks."""
         raise NotImplementedError
 
     def set_units(self, model, block: Block, kept: int) -> None:

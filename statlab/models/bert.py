@@ -31,6 +31,9 @@ class BertAdapter(Adapter):
             ))
         return blocks
 
+    def layers_path(self, model):
+        return f"{_encoder_prefix(model)}.layer"
+
     def hidden_size(self, model):
         return model.config.hidden_size
 
@@ -40,11 +43,6 @@ class BertAdapter(Adapter):
         attn.all_head_size = kept * block.head_dim
 
     def remove_attention(self, model, block):
-        # BertAttention: output = LayerNorm(dense(self(x)) + x); a zero-width context makes dense(.) = bias
+        # BertAttention: output = LayerNorm(dense(self(x)) + x); a zero-width context makes dense(.) = b_O
         parent = model.get_submodule(block.attention.rsplit(".", 1)[0])
-        parent.self = _ZeroContext()
-
-
-class _ZeroContext(ZeroAttention):
-    def __init__(self):
-        super().__init__(0, None)
+        parent.self = ZeroAttention({n: getattr(parent.self, n) for n in ("query", "key", "value")})

@@ -11,7 +11,7 @@ class DistilBertAdapter(Adapter):
     def blocks(self, model):
         c = model.config
         head_dim = c.dim // c.n_heads
-        prefix = "distilbert.transformer" if hasattr(model, "distilbert") else "transformer"
+        prefix = self.layers_path(model).rsplit(".", 1)[0]
         blocks = []
         for i, layer in enumerate(model.get_submodule(prefix).layer):
             p = f"{prefix}.layer.{i}"
@@ -26,6 +26,9 @@ class DistilBertAdapter(Adapter):
             ))
         return blocks
 
+    def layers_path(self, model):
+        return "distilbert.transformer.layer" if hasattr(model, "distilbert") else "transformer.layer"
+
     def hidden_size(self, model):
         return model.config.dim
 
@@ -34,5 +37,6 @@ class DistilBertAdapter(Adapter):
 
     def remove_attention(self, model, block):
         parent_path, name = block.attention.rsplit(".", 1)
-        out = model.get_submodule(block.attn_out)
-        setattr(model.get_submodule(parent_path), name, ZeroAttention(out.out_features, out.bias))
+        old = model.get_submodule(block.attention)
+        names = ("q_lin", "k_lin", "v_lin", "out_lin")
+        setattr(model.get_submodule(parent_path), name, ZeroAttention({n: getattr(old, n) for n in names}, out="out_lin"))

@@ -1,0 +1,37 @@
+"""Analytic cost of a model's transformer blocks: MACs and parameters (DESIGN §1.4).
+
+Counted per unit with the cost model of :mod:`statlab.reference.budget`, from
+the model's current shapes, so it measures dense and pruned models alike. The
+count covers the attention and MLP blocks (the prunable part); embeddings and
+layer norms are the same before and after pruning and are left out.
+"""
+
+from __future__ import annotations
+
+from statlab.reference import budget as budget_lib
+
+from .models import get_adapter
+
+
+def module_costs(model, adapter, blocks, kind, seq_len):
+    """Per-block ``(attention, MLP)`` :class:`ModuleCost` for ``kind`` in {"macs", "params"}."""
+    d = adapter.hidden_size(model)
+    costs = []
+    for b in blocks:
+        bias = model.get_submodule(b.mlp_out).bias is not None
+        if kind == "macs":
+            head = budget_lib.head_macs(seq_len, d, b.head_dim, b.heads_per_unit, 1)
+            neuron = budget_lib.neuron_macs(seq_len, d, adapter.gated)
+        else:
+            head = budget_lib.head_params(d, b.head_dim, b.heads_per_unit, 1, bias)
+            neuron = budget_lib.neuron_params(d, adapter.gated, bias)
+        n = model.get_submodule(b.mlp_out).in_features
+        costs.append((budget_lib.ModuleCost(b.units, head), budget_lib.ModuleCost(n, neuron)))
+    return costs
+
+
+def block_macs(model, seq_len: int) -> float:
+    """MACs of one sequence of ``seq_len`` tokens through all attention and MLP blocks."""
+    adapter = get_adapter(model)
+    costs = module_costs(model, adapter, adapter.blocks(model), "macs", seq_len)
+    return float(sum(c.units * c.per_unit for pair in costs for c in pair))
