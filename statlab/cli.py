@@ -1,32 +1,194 @@
-"""The ``statlab`` command line."""
+"""The ``statlab`` command line: ``prune``, ``eval``, ``demo``, ``id-demo``.
+
+Every command takes ``--json`` for one machine-readable object on stdout (the
+human-readable report then goes to stderr) and shows tqdm bars on long steps.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
+
+# STS-B has no training split offline; calibration comes from another task's
+# training sentences (chosen in DESIGN §4 / README "Calibration defaults").
+DEFAULT_CALIBRATION_SOURCE = {"stsb": "sst2", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
+EVAL_SEQ_LEN = 128
 
 
-def _demo(args) -> int:
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _report(args):
+    """Where human-readable lines go: stdout, or stderr when stdout carries JSON."""
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    return lambda *parts: print(*parts, file=stream, flush=True)
+
+
+def calibration_batches(tokenizer, task, *, size, source=None, seed=0, max_length=128, batch_size=64):
+    """Tokenised calibration batches for ``task`` and a description of them."""
+    from statlab.data import calibration_texts, tokenize_batches
+
+    source = source or DEFAULT_CALIBRATION_SOURCE[task]
+    texts = calibration_texts(source, size, seed=seed)
+    # similar lengths in a batch waste less on padding
+    texts = sorted(texts, key=len)
+    batches = tokenize_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return batches, {"source": f"{source} train" if source != "wikitext2" else "wikitext2 validation",
+                     "examples": size, "tokens": tokens, "max_length": max_length, "seed": seed}
+
+
+def run_prune(args) -> dict:
+    import statlab
+    from statlab.models.loading import load_model
+    from statlab.plots import plot_plan
+
+    say = _report(args)
+    _quiet_transformers()
+    model, tokenizer = load_model(args.model)
+    batches, calib = calibration_batches(tokenizer, args.task, size=args.calibration_size,
+                                         source=args.calibration_source, seed=args.seed)
+    n_units = max(model.get_submodule(b.mlp_out).in_features for b in statlab.models.get_adapter(model).blocks(model))
+    say(f"calibration: {calib['examples']} {calib['source']} examples, {calib['tokens']} tokens "
+        f"({calib['tokens'] / n_units:.1f} per MLP neuron)")
+    if args.task in ("sst2", "mrpc"):
+        from statlab.evaluate import fit_probe
+
+        probe = fit_probe(model, tokenizer, args.task, seed=args.seed)
+    start = time.perf_counter()
+    plan = statlab.prune(model, batches, mac_fraction=args.mac_fraction, sparsity=args.sparsity,
+                         backend=args.backend, method=args.method, seed=args.seed,
+                         propagate=not args.one_pass, ridge=args.ridge, seq_len=EVAL_SEQ_LEN, base=args.model)
+    seconds = time.perf_counter() - start
+    plan.meta["calibration"].update(calib)
+    plan.save(args.out)
+    if args.task in ("sst2", "mrpc"):
+        probe.save(Path(args.out) / f"probe-{args.task}")
+    plot = Path(args.out) / "plan.png"
+    plot_plan(plan, plot, title=f"statlab prune --model {args.model} --task {args.task} ({args.method}, {plan.meta['budget']})")
+    kept = plan.kept_fraction()
+    say(f"pruned {args.model} with {args.method} in {seconds:.1f} s: {kept['heads']:.0%} of heads, "
+        f"{kept['neurons']:.0%} of neurons kept; plan in {args.out}, plot {plot}")
+    return {"out": str(args.out), "prune_seconds": seconds, "kept": kept, "budget": plan.meta["budget"],
+            "method": args.method, "calibration": calib}
+
+
+def evaluate_model(model_or_dir, task, *, limit=None, seed=0, dense=False):
+    """Metrics and costs of a model name/path or a saved plan directory (see ``statlab eval``)."""
+    from statlab.costs import block_macs
+    from statlab.evaluate import count_parameters, evaluate_task, fit_probe
+    from statlab.models.loading import load_model
+    from statlab.plan import PruningPlan
+
+    _quiet_transformers()
+    plan = None
+    if (Path(model_or_dir) / "plan.json").is_file():
+        plan = PruningPlan.load(model_or_dir)
+        model, tokenizer = load_model(plan.meta["base"])
+    else:
+        model, tokenizer = load_model(model_or_dir)
+    dense_macs, dense_params = block_macs(model, EVAL_SEQ_LEN), count_parameters(model)
+    probe = None
+    if task in ("sst2", "mrpc"):
+        from statlab.evaluate import Probe
+
+        saved = Path(model_or_dir) / f"probe-{task}"
+        probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
+    if plan is not None:
+        plan.apply(model)
+    metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
+    metrics.pop("task", None)
+    return {"task": task, "metrics": metrics, "macs": block_macs(model, EVAL_SEQ_LEN), "dense_macs": dense_macs,
+            "params": count_parameters(model), "dense_params": dense_params, "seq_len": EVAL_SEQ_LEN}
+
+
+def run_eval(args) -> dict:
+    say = _report(args)
+    result = evaluate_model(args.model, args.task, limit=args.limit, seed=args.seed)
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
+    say(f"{args.model} on {args.task}: {shown}")
+    say(f"MACs per {EVAL_SEQ_LEN}-token sequence (attention + MLP blocks): {result['macs'] / 1e6:.1f} M of "
+        f"{result['dense_macs'] / 1e6:.1f} M dense ({result['macs'] / result['dense_macs']:.1%}); "
+        f"parameters {result['params'] / 1e6:.2f} M of {result['dense_params'] / 1e6:.2f} M")
+    return result
+
+
+def run_demo(args) -> dict:
     from statlab import demo
 
-    demo.run(sentences=args.sentences, seed=args.seed, out=args.out)
-    return 0
+    return demo.run(mac_fraction=args.mac_fraction, calibration_size=args.calibration_size, out=args.out,
+                    say=_report(args))
+
+
+def run_id_demo(args) -> dict:
+    from statlab import id_demo
+
+    result = id_demo.run(sentences=args.sentences, seed=args.seed, out=args.out)
+    return {k: v for k, v in result.items() if k != "table"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statlab", description="STAT structured pruning of transformers")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job: decompose the bundled MiniLM encoder's activations")
-    demo.add_argument("--sentences", type=int, default=256, help="calibration sentences (SST-2 train)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="out/demo", help="where the plot goes")
-    demo.set_defaults(func=_demo)
+
+    p = sub.add_parser("prune", help="prune a model to a budget and save the plan")
+    p.add_argument("--model", required=True, help="minilm, minilm-distilbert, smollm2, a hub id or a path")
+    p.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--mac-fraction", type=float, help="fraction of block MACs to keep, in (0, 1]")
+    budget.add_argument("--sparsity", type=float, help="fraction of attention+MLP parameters to remove, in [0, 1)")
+    p.add_argument("--method", default="stat", choices=["stat", "magnitude"])
+    p.add_argument("--backend", default="fast", choices=["fast", "reference"])
+    p.add_argument("--calibration-size", type=int, default=512, help="calibration examples (default 512)")
+    p.add_argument("--calibration-source", choices=["sst2", "mrpc", "wikitext2"],
+                   help="where calibration text comes from (default: per task, see README)")
+    p.add_argument("--ridge", type=float, default=0.0, help="relative ridge of the corrections")
+    p.add_argument("--one-pass", action="store_true", help="do not propagate through pruned layers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory for the plan")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_prune)
+
+    e = sub.add_parser("eval", help="evaluate a model or a saved plan")
+    e.add_argument("model", help="a model name/path or a plan directory")
+    e.add_argument("--task", required=True, choices=["stsb", "sst2", "mrpc"])
+    e.add_argument("--limit", type=int, help="evaluate on this many dev examples only")
+    e.add_argument("--seed", type=int, default=0, help="seed of the probe (sst2, mrpc)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=run_eval)
+
+    d = sub.add_parser("demo", help="the main job: prune the bundled MiniLM encoder and show the result")
+    d.add_argument("--mac-fraction", type=float, default=0.5)
+    d.add_argument("--calibration-size", type=int, default=512)
+    d.add_argument("--out", default="out/demo")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=run_demo)
+
+    i = sub.add_parser("id-demo", help="interpolative decomposition of MiniLM's MLP activations")
+    i.add_argument("--sentences", type=int, default=256)
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--out", default="out/id-demo")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=run_id_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"statlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(result, default=float))
+    return 0
 
 
 if __name__ == "__main__":

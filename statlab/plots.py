@@ -1,0 +1,104 @@
+"""Figures: what a plan kept per layer, and the error curves that chose it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def plot_plan(plan, path=None, *, title=None):
+    """Kept heads and neurons per layer (bars) and every layer's residual curves.
+
+    Parameters
+    ----------
+    plan : PruningPlan
+    path : str or Path, optional
+        Where to save a PNG (written atomically).
+    title : str, optional
+        Goes above the figure; say what produced it.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    layers = plan.layers
+    x = np.arange(len(layers))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, units, label in ((axes[0], "attn_kept", "attn_units", "attention units"),
+                                  (axes[1], "mlp_kept", "mlp_units", "MLP neurons")):
+        ax.bar(x, [l[units] for l in layers], color="0.85", label="dense")
+        ax.bar(x, [len(l[key]) for l in layers], color="C0", label="kept")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+        ax.set_xticks(x)
+        ax.legend(loc="lower right", fontsize=8)
+    ax = axes[2]
+    for i, l in enumerate(layers):
+        for key, style in (("attn_residuals", "--"), ("mlp_residuals", "-")):
+            curve = l.get(key)
+            if curve:
+                frac = np.arange(len(curve)) / (len(curve) - 1)
+                ax.plot(frac, curve, style, color=f"C{i % 10}", lw=1,
+                        label=f"layer {i}" if key == "mlp_residuals" else None)
+    ax.set_xlabel("fraction of units kept")
+    ax.set_ylabel("relative output error")
+    ax.set_title("residual curves (— MLP, -- attention)", fontsize=9)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, 1.2)
+    ax.legend(fontsize=7, ncol=2)
+    budget = ", ".join(f"{k}={v}" for k, v in plan.meta["budget"].items())
+    fig.suptitle(title or f"{plan.meta['base']}: {plan.meta['method']} at {budget}", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_curve(results, metric, path=None, *, title="", xlabel="MAC fraction kept"):
+    """Metric vs budget, one line per method: ``results`` is a list of dicts with
+    ``method``, ``budget`` and ``metrics``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["budget"])
+        ax.plot([r["budget"] for r in rows], [r["metrics"][metric] for r in rows], "o-", label=method)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def save_figure(fig, path) -> Path:
+    """Write a PNG atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    tmp.replace(path)
+    return path
