@@ -11,6 +11,7 @@ are kept; ``b2`` is unchanged.
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 
 from .id import interpolative_decomposition
 from .pruning import ModulePruning
@@ -33,12 +34,28 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0) -> ModulePruning:
     Returns
     -------
     ModulePruning
-        ``weight = W2 @ T.T (out, k)``; ``residuals[k] = ||(Z - Z_I T) D||_F / ||Z D||_F``
-        with ``D = diag(||W2[:, j]||)``.
+        ``weight = W2 @ T.T (out, k)``; ``residuals`` the relative output error
+        curve over ``k = 0..n`` (see :func:`output_residuals`).
     """
     W_out = np.asarray(W_out, dtype=np.float64)
     weights = np.linalg.norm(W_out, axis=0)  # (n,)
     result = interpolative_decomposition(Z, k, weights=weights, ridge=ridge)
-    total = result.residuals[0]
-    residuals = result.residuals / total if total > 0 else np.zeros_like(result.residuals)
-    return ModulePruning(result.idx, W_out @ result.coef.T, residuals)
+    order = interpolative_decomposition(Z, None, weights=weights).idx
+    return ModulePruning(result.idx, W_out @ result.coef.T, output_residuals(Z, W_out, order))
+
+
+def output_residuals(Z, W_out, order):
+    """Relative output error ``||(Z - Z_I T) W^T||_F / ||Z W^T||_F`` for ``I = order[:k]``, all ``k``.
+
+    With the QR ``Z[:, order] = Q R``, the part of column ``j`` not explained by
+    the columns before it is ``Q[:, j] R[j, j:]``; so the squared output residual
+    of keeping the first ``k`` is ``Σ_{j >= k} ||(W[:, order] R^T)[:, j]||²``.
+    Returns shape (n + 1,).
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    W = np.asarray(W_out, dtype=np.float64)[:, order]
+    R = scipy.linalg.qr(Z[:, order], mode="r")[0][: min(Z.shape)]  # (min(N, n), n)
+    parts = np.zeros(Z.shape[1])
+    parts[: R.shape[0]] = np.sum((W @ R.T) ** 2, axis=0)
+    tail = np.append(np.cumsum(parts[::-1])[::-1], 0.0)
+    return np.sqrt(tail / tail[0]) if tail[0] > 0 else np.zeros_like(tail)

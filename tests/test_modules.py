@@ -84,3 +84,16 @@ def test_heads_bad_k():
         ref_heads(C, W_O, 4, 9)
     with pytest.raises(ValueError, match="units"):
         fast_heads(torch.as_tensor(C.T @ C), torch.as_tensor(W_O), 4, 9)
+
+
+@pytest.mark.parametrize("k", [0, 5, 20, 63])
+def test_mlp_residual_curve_is_the_output_error(k):
+    """residuals[k] is the relative output error of keeping the first k pivots with exact coefficients."""
+    Z, W2 = mlp_case(seed=2)
+    full = ref_mlp(Z, W2, 64)
+    at_k = ref_mlp(Z, W2, k)
+    dense = Z @ W2.T
+    err = np.linalg.norm(Z[:, at_k.idx] @ at_k.weight.T - dense) / np.linalg.norm(dense)
+    assert full.residuals[k] == pytest.approx(err, rel=1e-6, abs=1e-9)
+    fast_curve = fast_mlp(torch.as_tensor(Z.T @ Z), torch.as_tensor(W2), k).residuals.numpy()
+    np.testing.assert_allclose(fast_curve, full.residuals, atol=1e-6)

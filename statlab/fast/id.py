@@ -172,17 +172,31 @@ def id_from_gram(
     residuals[-1] = 0.0
     idx, rest = perm[:k], perm[k:]
 
+    return ID(idx, interpolation_coefficients(G, idx, ridge=ridge, eps=eps), errors, residuals)
+
+
+def interpolation_coefficients(G: torch.Tensor, idx: torch.Tensor, *, ridge: float = 0.0, eps: float | None = None):
+    """``coef (k, n)`` with ``coef[:, I] = I`` and ``coef[:, J] = (G_II + λ I)^{-1} G_IJ``.
+
+    ``λ = (ridge + 10 ε) · trace(G_II) / k``, ``ε`` of the Gram's accumulation
+    type (default fp64): the least-squares fit of every column on the columns ``idx``.
+    """
+    G = G.to(torch.float64)
+    n, k = G.shape[0], idx.numel()
+    eps = torch.finfo(torch.float64).eps if eps is None else eps
     coef = torch.zeros(k, n, dtype=torch.float64, device=G.device)
     coef[:, idx] = torch.eye(k, dtype=torch.float64, device=G.device)
+    rest = torch.ones(n, dtype=torch.bool, device=G.device)
+    rest[idx] = False
+    rest = torch.nonzero(rest).reshape(-1)
     if k == 0 or rest.numel() == 0:
-        return ID(idx, coef, errors, residuals)
+        return coef
     G_II = G[idx][:, idx]  # (k, k)
-    G_IJ = G[idx][:, rest]  # (k, n - k)
     scale = G_II.diagonal().sum() / k
     if scale > 0:
         lam = (ridge + 10 * eps) * scale
-        coef[:, rest] = _solve_psd(G_II + lam * torch.eye(k, dtype=G.dtype, device=G.device), G_IJ)
-    return ID(idx, coef, errors, residuals)
+        coef[:, rest] = _solve_psd(G_II + lam * torch.eye(k, dtype=G.dtype, device=G.device), G[idx][:, rest])
+    return coef
 
 
 def _solve_psd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:

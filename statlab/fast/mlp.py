@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .id import id_from_gram
+from .id import id_from_gram, interpolation_coefficients
 from .pruning import ModulePruning
 
 
@@ -27,11 +27,30 @@ def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.
     Returns
     -------
     ModulePruning
-        ``weight = W2 @ T.T (out, k)`` in fp64 and the weighted residual curve.
+        ``weight = W2 @ T.T (out, k)`` in fp64 and the relative output error
+        curve over ``k = 0..n`` (see :func:`output_residuals`).
     """
     W_out = W_out.detach().to(device=G.device, dtype=torch.float64)
     weights = W_out.norm(dim=0)  # (n,)
-    result = id_from_gram(G, k, weights=weights, ridge=ridge)
-    total = result.residuals[0]
-    residuals = result.residuals / total if total > 0 else torch.zeros_like(result.residuals)
-    return ModulePruning(result.idx, W_out @ result.coef.T, residuals)
+    order = id_from_gram(G, None, weights=weights).idx  # full pivot order, (n,)
+    idx = order[:k]
+    coef = interpolation_coefficients(G, idx, ridge=ridge, eps=torch.finfo(G.dtype).eps)
+    return ModulePruning(idx, W_out @ coef.T, output_residuals(G, W_out, order))
+
+
+def output_residuals(G: torch.Tensor, W_out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Relative output error ``||(Z - Z_I T) W^T||_F / ||Z W^T||_F`` for ``I = order[:k]``, all ``k``.
+
+    With the Cholesky ``G[order][:, order] = L L^T``, the residual Gram of the
+    columns after the first ``k`` is ``L[k:, k:] L[k:, k:]^T``, so the squared
+    output residual is ``Σ_{j >= k} ||(W[:, order] L)[:, j]||²``: one product
+    and a reverse cumulative sum give the whole curve, shape (n + 1,).
+    """
+    G = G.to(torch.float64)
+    W = W_out.to(device=G.device, dtype=torch.float64)[:, order]  # (out, n)
+    G = G[order][:, order]
+    jitter = 10 * torch.finfo(torch.float64).eps * G.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    L, _ = torch.linalg.cholesky_ex(G + jitter * torch.eye(G.shape[0], dtype=G.dtype, device=G.device))
+    parts = (W @ L).square().sum(dim=0)  # (n,)
+    tail = torch.cat([parts.flip(0).cumsum(0).flip(0), parts.new_zeros(1)])  # (n + 1,)
+    return (tail / tail[0]).sqrt() if tail[0] > 0 else torch.zeros_like(tail)
