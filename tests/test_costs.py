@@ -1,0 +1,64 @@
+"""The analytic cost model against torch's FLOP counter, and the threshold search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import statlab
+from statlab.costs import block_macs
+from statlab.reference import budget
+
+from .test_prune import batches, tiny_bert, tiny_distilbert
+
+
+def measured_macs(model, seq_len):
+    model.set_attn_implementation("eager")  # the fused CPU attention kernel is not counted
+    ids = torch.randint(1, 100, (1, seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(input_ids=ids)
+    return counter.get_total_flops() / 2
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_distilbert])
+@pytest.mark.parametrize("mac_fraction", [1.0, 0.6, 0.3, 0.01])
+def test_analytic_macs_match_flop_counter(make, mac_fraction):
+    model = make()
+    if mac_fraction < 1:
+        method = "magnitude" if mac_fraction < 0.05 else "stat"  # 0.01 removes every module
+        statlab.prune(model, batches(), mac_fraction=mac_fraction, method=method, base="tiny")
+    for seq_len in (7, 20):
+        assert block_macs(model, seq_len) == pytest.approx(measured_macs(model, seq_len), rel=0.01)
+
+
+def test_unit_costs():
+    # one BERT-base head at s = 128: 4·s·d·d_h + 2·s²·d_h
+    assert budget.head_macs(128, 768, 64) == 4 * 128 * 768 * 64 + 2 * 128**2 * 64
+    assert budget.neuron_macs(128, 768) == 2 * 128 * 768
+    assert budget.neuron_macs(128, 768, gated=True) == 3 * 128 * 768
+    # a GQA group of 3 query heads and one K/V head
+    assert budget.head_params(576, 64, 3, 1, bias=False) == (3 + 2) * 64 * 576 + 3 * 64 * 576
+
+
+def test_post_ln_weights_decrease_with_depth():
+    w = budget.post_ln_layer_weights(6)
+    assert w[0] == pytest.approx(np.sqrt(6) + 1) and w[-1] == pytest.approx(2.0)
+    assert np.all(np.diff(w) < 0)
+
+
+def test_choose_sizes_meets_the_budget_and_prefers_cheap_errors():
+    easy = np.linspace(1, 0, 11) ** 4  # little error until few units are left
+    hard = np.linspace(1, 0, 11)  # error grows as soon as units go
+    costs = [budget.ModuleCost(10, 1.0), budget.ModuleCost(10, 1.0)]
+    sizes, tau = budget.choose_sizes([easy, hard], costs, np.ones(2), 0.5)
+    assert budget.total_cost(sizes, costs) <= 10
+    assert sizes[0] < sizes[1]
+    assert budget.choose_sizes([easy, hard], costs, np.ones(2), 1.0)[0] == [10, 10]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.2, -0.1])
+def test_choose_sizes_rejects_bad_budgets(fraction):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        budget.choose_sizes([np.array([1.0, 0.0])], [budget.ModuleCost(1, 1.0)], [1.0], fraction)
