@@ -11,7 +11,8 @@ Gram is ``H[h, g] = trace(W_h G_hg W_g^T)`` with ``G = C^T C``; the pivots of an
 Correction: block least squares of the dropped coordinates on the kept ones,
 ``T = argmin ||C_J - C_I T||`` (``= G_II^{-1} G_IJ``), then
 ``W_O[:, I] += W_O[:, J] @ T.T`` and drop ``J``.
-Error after ``k`` units: ``||(C_J - C_I T) W_J^T||_F / ||C W_O^T||_F``.
+Error after ``k`` units: ``||(C_J - C_I T) W_J^T||_F / ||C W_O^T||_F``, read off
+:func:`~statlab.reference.mlp.output_residuals` at unit boundaries.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import scipy.linalg
 
 from .id import ridge_least_squares
+from .mlp import output_residuals
 from .pruning import ModulePruning
 
 
@@ -77,13 +79,7 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0) -> ModulePruning:
     if not 0 <= k <= units:
         raise ValueError(f"k must lie in [0, {units}] units, got {k}")
     order = unit_order(C.T @ C, W_out, unit_size)
-    total = np.linalg.norm(C @ W_out.T)
-    residuals = np.zeros(units + 1)
-    for j in range(units):
-        I, J = _columns(order[:j], unit_size), _columns(order[j:], unit_size)
-        T = _fit(C, I, J, ridge) if j else np.zeros((0, J.size))
-        residuals[j] = np.linalg.norm((C[:, J] - C[:, I] @ T) @ W_out[:, J].T)
-    residuals = residuals / total if total > 0 else residuals * 0
+    residuals = output_residuals(C, W_out, _columns(order, unit_size))[::unit_size]  # (units + 1,)
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)
     weight = W_out[:, I]
     if k and J.size:

@@ -65,12 +65,15 @@ class LayerReplay:
 
     def __init__(self, model, layers_path):
         self.layers = model.get_submodule(layers_path)
-        self.outputs = None  # list over batches of block outputs
+        self.outputs = None  # list over batches of the outputs of block `depth`
+        self.depth = -1  # the block whose outputs are cached (-1: none)
         self.batch = 0
         self._saved = []
 
     def install(self, upto: int) -> None:
         """Replace blocks ``0..upto-1`` by the replay (no-op while nothing is cached)."""
+        if upto > self.depth + 1:
+            raise ValueError(f"only the outputs of block {self.depth} are cached; cannot replay up to {upto - 1}")
         if self.outputs is None or upto == 0:
             return
         self._saved = [self.layers[i] for i in range(upto)]
@@ -94,7 +97,7 @@ class _Replay(torch.nn.Module):
 
 
 def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=None,
-            replay: LayerReplay | None = None, outputs_of: str | None = None):
+            replay: LayerReplay | None = None, outputs_of: str | None = None, precision="fp64"):
     """Run the calibration batches and collect the inputs of the named linear maps.
 
     Parameters
@@ -106,6 +109,8 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
         ``{label: path of an nn.Linear}``; its input ``(batch, seq, in)`` is captured.
     backend : {"fast", "reference"}
         Gram accumulators on the model's device, or fp64 matrices on the CPU.
+    precision : {"fp64", "fp32", "tf32"}
+        Accumulation type of the Grams (fast backend).
     stop_early : bool
         Stop each forward once every target has been seen (layers above are
         not needed).
@@ -126,7 +131,7 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     for label, path in targets.items():
         linear = model.get_submodule(path)
         n = linear.in_features
-        recorders[label] = (GramAccumulator(n, device=device, name=label) if backend == "fast"
+        recorders[label] = (GramAccumulator(n, device=device, precision=precision, name=label) if backend == "fast"
                             else MatrixRecorder(n, label))
 
         def hook(module, args, label=label):

@@ -173,7 +173,10 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         for b in blocks:
             targets[f"layer {b.index} attention"] = b.attn_out
             targets[f"layer {b.index} mlp"] = b.mlp_out
-        dense = capture(model, calibration, targets, backend=backend, desc="dense pass")
+        # With propagation the dense pass only draws the error curves that set the sizes:
+        # fp32 Grams (floor ~3e-4 relative) are ample for that and cost half of fp64.
+        dense = capture(model, calibration, targets, backend=backend, desc="dense pass",
+                        precision="fp32" if propagate else "fp64")
         curves = []
         for b in blocks:
             W_O = model.get_submodule(b.attn_out).weight
@@ -191,13 +194,25 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     replay = LayerReplay(model, adapter.layers_path(model)) if propagate and method == "stat" else None
 
     def propagated(target, block, label):
-        """Stats of ``target``'s input, computed through the pruned blocks below ``block``."""
-        replay.install(block.index)
+        """Stats of ``target``'s input, computed through the pruned blocks below ``block``.
+
+        Blocks up to ``replay.depth`` replay their cached outputs; the ones above
+        run. When the block just below was pruned since, its outputs are cached
+        on the way, so each pruned block runs once more, not once per block above.
+        """
+        below = block.index - 1
+        record = below > replay.depth
+        replay.install(replay.depth + 1)
         try:
-            return capture(model, calibration, {"x": target}, backend=backend, replay=replay, desc=label)["x"]
+            got = capture(model, calibration, {"x": target}, backend=backend, replay=replay, desc=label,
+                          outputs_of=f"{layers_path}.{below}" if record else None)
         finally:
             replay.restore()
+        if record:
+            replay.outputs, replay.depth = got["outputs"], below
+        return got["x"]
 
+    layers_path = adapter.layers_path(model)
     for b in tqdm(blocks, desc=f"prune ({method})", leave=False, disable=None):
         k_attn, k_mlp = sizes[2 * b.index], sizes[2 * b.index + 1]
         n = model.get_submodule(b.mlp_out).in_features
@@ -217,14 +232,6 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
             mlp_kept, W2 = _magnitude_mlp(model, b, k_mlp)
         W2 = W2.to(dtype)
         apply_mlp(model, b, mlp_kept, W2)
-        if replay and b.index + 1 < len(blocks):
-            replay.install(b.index)
-            try:
-                outputs = capture(model, calibration, {}, replay=replay, desc=f"layer {b.index} output",
-                                  outputs_of=f"{adapter.layers_path(model)}.{b.index}")["outputs"]
-            finally:
-                replay.restore()
-            replay.outputs = outputs
         tensors[f"layer.{b.index}.attn_out.weight"] = W_O.cpu()
         tensors[f"layer.{b.index}.mlp_out.weight"] = W2.cpu()
         layers.append({

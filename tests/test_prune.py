@@ -198,3 +198,22 @@ def test_unsupported_architecture_lists_the_supported_ones():
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(UnsupportedModelError, match="bert, distilbert"):
         statlab.prune(gpt2, batches(vocab=50), mac_fraction=0.5)
+
+
+def test_layer_replay_reproduces_a_full_forward():
+    from statlab.capture import LayerReplay, capture
+
+    model = tiny_bert(layers=3)
+    statlab.prune(model, batches(), mac_fraction=0.5, base="tiny")
+    target = {"x": "encoder.layer.2.output.dense"}
+    full = capture(model, batches(), target)["x"].gram
+    replay = LayerReplay(model, "encoder.layer")
+    replay.outputs = capture(model, batches(), {}, outputs_of="encoder.layer.1")["outputs"]
+    replay.depth = 1
+    replay.install(2)
+    try:
+        replayed = capture(model, batches(), target, replay=replay)["x"].gram
+    finally:
+        replay.restore()
+    assert isinstance(model.encoder.layer[0], transformers.models.bert.modeling_bert.BertLayer)
+    torch.testing.assert_close(replayed, full, rtol=1e-6, atol=1e-8)

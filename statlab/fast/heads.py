@@ -3,8 +3,9 @@
 The reference takes the context ``C (N, d)``; the fast path its Gram
 ``G = C^T C (d, d)``. Order by greedy pivoted Cholesky of the unit Gram
 ``H[h, g] = trace(W_h G_hg W_g^T)``; correction ``T = (G_II + λ I)^{-1} G_IJ``,
-``W_O[:, I] += W_O[:, J] T^T``; residual after ``k`` units from the Schur
-complement ``S = G_JJ - G_JI T``: ``||·||² = trace(W_J S W_J^T)``.
+``W_O[:, I] += W_O[:, J] T^T``; the residual curve is the MLP's
+:func:`~statlab.fast.mlp.output_residuals` over the units' columns in order,
+read at every unit boundary.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .cholesky import pivoted_cholesky
+from .mlp import output_residuals
 from .pruning import ModulePruning
 
 
@@ -59,7 +61,8 @@ def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *,
     Returns
     -------
     ModulePruning
-        ``weight (out, k * unit_size)`` in fp64, the residual curve over ``k = 0..units``.
+        ``weight (out, k * unit_size)`` in fp64; the relative output error
+        curve over ``k = 0..units`` (exact least squares, no ridge).
     """
     G = G.to(torch.float64)
     W = W_out.detach().to(device=G.device, dtype=torch.float64)
@@ -67,16 +70,7 @@ def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *,
     if not 0 <= k <= units:
         raise ValueError(f"k must lie in [0, {units}] units, got {k}")
     order = unit_order(G, W, unit_size)
-    K = W.T @ W  # (d, d)
-    total = (G * K).sum()
-    residuals = torch.zeros(units + 1, dtype=torch.float64, device=G.device)
-    for j in range(units):
-        I, J = _columns(order[:j], unit_size), _columns(order[j:], unit_size)
-        S = G[J][:, J]
-        if j:
-            S = S - G[J][:, I] @ _fit(G, I, J, ridge)
-        residuals[j] = (S * K[J][:, J]).sum().clamp_min(0)
-    residuals = (residuals / total).sqrt() if total > 0 else residuals
+    residuals = output_residuals(G, W, _columns(order, unit_size))[::unit_size]  # (units + 1,)
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)
     weight = W[:, I]
     if k and J.numel():

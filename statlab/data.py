@@ -1,0 +1,377 @@
+"""Evaluation and calibration data: one interface, offline or from the hub (DESIGN §3, §4).
+
+With the environment variable ``STATLAB_DATA_DIR`` set, every loader reads the
+local copies described in that folder's README (GLUE SST-2, STS-B, MRPC and
+WikiText-2); without it, :func:`datasets.load_dataset` fetches the official
+copies (``nyu-mll/glue`` and ``Salesforce/wikitext``, ``wikitext-2-raw-v1``).
+Both routes return a :class:`datasets.Dataset` with the same columns and types:
+
+============  =======================  ==========================================
+task          splits                   columns
+============  =======================  ==========================================
+``stsb``      validation               sentence1, sentence2, label (float32, 0–5)
+``sst2``      train, validation        sentence, label (0 negative, 1 positive)
+``mrpc``      train, validation        sentence1, sentence2, label (1 equivalent)
+``wikitext2`` test, validation         text (one row per line, as on the hub)
+============  =======================  ==========================================
+
+``dev`` is accepted as an alias of ``validation``. Two differences between the
+routes remain, both in the local files, not in the code: the local WikiText-2
+test file has no blank lines (the hub's rows include empty ones), and the local
+WikiText-2 validation file is the tokenised one (``<unk>`` kept), used only as
+calibration text.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+DATA_DIR_ENV = "STATLAB_DATA_DIR"
+
+TASKS: dict[str, tuple[str, ...]] = {
+    "stsb": ("validation",),
+    "sst2": ("train", "validation"),
+    "mrpc": ("train", "validation"),
+    "wikitext2": ("test", "validation"),
+}
+CALIBRATION_SOURCES = ("sst2", "mrpc", "wikitext2")
+
+_SPLIT_ALIASES = {"dev": "validation"}
+
+_LOCAL_FILES = {
+    ("stsb", "validation"): "glue/STS-B/dev.tsv",
+    ("sst2", "train"): "glue/SST-2/train.tsv",
+    ("sst2", "validation"): "glue/SST-2/dev.tsv",
+    ("mrpc", "train"): "glue/MRPC/train.tsv",
+    ("mrpc", "validation"): "glue/MRPC/dev.tsv",
+    ("wikitext2", "test"): "wikitext-2/wiki.test.raw",
+    ("wikitext2", "validation"): "wikitext-2/wiki.valid.tokens",
+}
+
+# Our column -> the header names it may have in a local TSV (official GLUE first).
+_TSV_COLUMNS = {
+    "stsb": {"sentence1": ("sentence1",), "sentence2": ("sentence2",), "label": ("score",)},
+    "sst2": {"sentence": ("sentence", "text"), "label": ("label",)},
+    "mrpc": {"sentence1": ("#1 String",), "sentence2": ("#2 String",), "label": ("Quality",)},
+}
+
+# The texts a model calibrated on a source is evaluated on; calibration never draws them.
+_EVALUATION_SETS = {
+    "sst2": (("stsb", "validation"), ("sst2", "validation"), ("mrpc", "validation")),
+    "mrpc": (("stsb", "validation"), ("sst2", "validation"), ("mrpc", "validation")),
+    "wikitext2": (("wikitext2", "test"),),
+}
+
+_TEXT_COLUMNS = {
+    "stsb": ("sentence1", "sentence2"),
+    "sst2": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "wikitext2": ("text",),
+}
+
+
+def data_dir() -> Path | None:
+    """The local data folder named by ``STATLAB_DATA_DIR``, or ``None`` to use the hub.
+
+    Returns
+    -------
+    Path or None
+        The folder, or ``None`` when the variable is unset or empty.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the variable names a folder that does not exist.
+    """
+    value = os.environ.get(DATA_DIR_ENV, "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{DATA_DIR_ENV}={value!r} is not a folder. Point it at the offline data folder "
+            f"(the one with glue/ and wikitext-2/, see its README) or unset it to download "
+            f"the datasets from the Hugging Face hub."
+        )
+    return path
+
+
+def features(task: str) -> datasets.Features:
+    """The columns and types :func:`load_task` returns for ``task``, on either route.
+
+    Parameters
+    ----------
+    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+
+    Returns
+    -------
+    datasets.Features
+    """
+    string = datasets.Value("string")
+    if task == "stsb":
+        return datasets.Features(
+            {"sentence1": string, "sentence2": string, "label": datasets.Value("float32")}
+        )
+    if task == "sst2":
+        return datasets.Features(
+            {"sentence": string, "label": datasets.ClassLabel(names=["negative", "positive"])}
+        )
+    if task == "mrpc":
+        label = datasets.ClassLabel(names=["not_equivalent", "equivalent"])
+        return datasets.Features({"sentence1": string, "sentence2": string, "label": label})
+    if task == "wikitext2":
+        return datasets.Features({"text": string})
+    raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+
+
+def load_task(task: str, split: str) -> datasets.Dataset:
+    """One split of an evaluation or calibration dataset.
+
+    Parameters
+    ----------
+    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    split : str
+        ``"train"``, ``"validation"`` (alias ``"dev"``) or ``"test"``; see
+        :data:`TASKS` for the splits of each task.
+
+    Returns
+    -------
+    datasets.Dataset
+        Columns and types of :func:`features` (``task``), rows in file order.
+
+    Raises
+    ------
+    ValueError
+        If the task or split is unknown.
+    FileNotFoundError
+        If ``STATLAB_DATA_DIR`` is set but the file is not in it.
+    """
+    split = _check_split(task, split)
+    root = data_dir()
+    if root is None:
+        return _load_hub(task, split)
+    return _load_local(root / _LOCAL_FILES[task, split], task)
+
+
+def calibration_texts(source: str, n: int, *, seed: int = 0) -> list[str]:
+    """``n`` distinct unlabeled texts for calibration, sampled without replacement.
+
+    The pool is the training split of ``sst2`` (its sentences) or ``mrpc`` (all
+    ``sentence1`` and ``sentence2``), or the non-empty lines of WikiText-2
+    validation. Texts are stripped of surrounding whitespace and de-duplicated,
+    and every text that also occurs in an evaluation set of that source (STS-B,
+    SST-2 and MRPC validation for GLUE sources; WikiText-2 test) is removed, so
+    calibration and evaluation never share a text.
+
+    Parameters
+    ----------
+    source : {"sst2", "mrpc", "wikitext2"}
+    n : int
+        Number of texts, ``1 <= n <= pool size``.
+    seed : int
+        Seed of the :class:`numpy.random.Generator` that draws the sample.
+
+    Returns
+    -------
+    list of str, length n
+        In sampled order.
+
+    Raises
+    ------
+    ValueError
+        If ``source`` is unknown or ``n`` is outside ``[1, pool size]``.
+    """
+    if source not in CALIBRATION_SOURCES:
+        valid = ", ".join(CALIBRATION_SOURCES)
+        raise ValueError(f"unknown calibration source {source!r}; valid sources: {valid}")
+    pool = _calibration_pool(source)
+    if not 1 <= n <= len(pool):
+        raise ValueError(
+            f"n={n} calibration texts requested from {source!r}, which has {len(pool)} usable "
+            f"texts; ask for between 1 and {len(pool)}."
+        )
+    picks = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
+    return [pool[i] for i in picks]
+
+
+def tokenize_batches(
+    tokenizer, texts, *, max_length: int = 128, batch_size: int = 32
+) -> list[dict[str, torch.Tensor]]:
+    """Tokenise texts into padded batches.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    texts : sequence of str, length S
+    max_length : int
+        Longer texts are truncated to this many tokens (special tokens included).
+    batch_size : int
+        Texts per batch; the last batch may be smaller.
+
+    Returns
+    -------
+    list of dict
+        One dict per batch with ``input_ids`` and ``attention_mask`` of shape
+        ``(B, T_b)`` (int64; ``T_b`` the longest text of the batch) and
+        ``token_type_ids`` when the tokenizer gives them.
+    """
+    if batch_size < 1 or max_length < 1:
+        raise ValueError(
+            f"batch_size={batch_size} and max_length={max_length} must both be at least 1"
+        )
+    texts = list(texts)
+    keep = ("input_ids", "attention_mask", "token_type_ids")
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        batches.append({key: encoded[key] for key in keep if key in encoded})
+    return batches
+
+
+def token_windows(
+    tokenizer,
+    split: str = "test",
+    *,
+    window: int = 512,
+    max_tokens: int | None = None,
+    n_windows: int | None = None,
+) -> torch.Tensor:
+    """Non-overlapping token windows of WikiText-2 for perplexity (DESIGN §4).
+
+    The split's rows are joined with ``"\\n\\n"`` and tokenised once (the
+    standard perplexity protocol, special tokens as the tokenizer adds them),
+    then cut into consecutive windows; the ragged tail is dropped.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    split : {"test", "validation"}
+    window : int
+        Tokens per window.
+    max_tokens : int, optional
+        Keep only the first whole windows totalling at most this many tokens.
+    n_windows : int, optional
+        Keep only the first ``n_windows`` windows. With ``max_tokens`` too, the
+        smaller of the two limits wins.
+
+    Returns
+    -------
+    Tensor of int64, shape (W, window)
+
+    Raises
+    ------
+    ValueError
+        If the limits leave no whole window.
+    """
+    if window < 2:
+        raise ValueError(f"window={window}: a perplexity window needs at least 2 tokens")
+    text = "\n\n".join(load_task("wikitext2", split)["text"][:])
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]  # (T,)
+    count = ids.numel() // window
+    if max_tokens is not None:
+        count = min(count, max_tokens // window)
+    if n_windows is not None:
+        count = min(count, n_windows)
+    if count < 1:
+        raise ValueError(
+            f"no whole window of {window} tokens: the split has {ids.numel()} tokens, "
+            f"max_tokens={max_tokens}, n_windows={n_windows}; lower window or raise the limits."
+        )
+    return ids[: count * window].reshape(count, window)  # (W, window)
+
+
+def _check_split(task: str, split: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    split = _SPLIT_ALIASES.get(split, split)
+    if split not in TASKS[task]:
+        raise ValueError(
+            f"unknown split {split!r} for task {task!r}; valid splits: "
+            f"{', '.join(TASKS[task])} ('dev' means 'validation')"
+        )
+    return split
+
+
+def _load_hub(task: str, split: str) -> datasets.Dataset:
+    if task == "wikitext2":
+        hub = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=split)
+    else:
+        hub = datasets.load_dataset("nyu-mll/glue", task, split=split)
+    extra = [name for name in hub.column_names if name not in features(task)]
+    return hub.remove_columns(extra).cast(features(task))
+
+
+def _load_local(path: Path, task: str) -> datasets.Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing from {DATA_DIR_ENV}; restore the offline data folder "
+            f"(see its README) or unset {DATA_DIR_ENV} to download from the hub."
+        )
+    columns = {"text": _wikitext_rows(path)} if task == "wikitext2" else _tsv_columns(path, task)
+    return datasets.Dataset.from_dict(columns, features=features(task))
+
+
+def _wikitext_rows(path: Path) -> list[str]:
+    """Lines in the hub's format: ``line + "\\n"``, or ``""`` for a blank line."""
+    text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line + "\n" if line.strip() else "" for line in lines]
+
+
+def _tsv_columns(path: Path, task: str) -> dict[str, list]:
+    """Columns of a GLUE TSV; quotes are literal characters (``QUOTE_NONE``)."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        header, *rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+    bad = next((i for i, row in enumerate(rows) if len(row) != len(header)), None)
+    if bad is not None:
+        raise ValueError(
+            f"{path}: data row {bad + 1} has {len(rows[bad])} fields, the header "
+            f"{len(header)}; the file is not a GLUE TSV, restore it from the offline data folder."
+        )
+    convert = float if task == "stsb" else int
+    columns = {}
+    for name, candidates in _TSV_COLUMNS[task].items():
+        position = _header_position(header, candidates, path)
+        values = [row[position] for row in rows]
+        columns[name] = [convert(v) for v in values] if name == "label" else values
+    return columns
+
+
+def _header_position(header: list[str], candidates: tuple[str, ...], path: Path) -> int:
+    for name in candidates:
+        if name in header:
+            return header.index(name)
+    raise ValueError(
+        f"{path}: none of the columns {candidates} in its header {header}; "
+        f"restore the file from the offline data folder."
+    )
+
+
+def _calibration_pool(source: str) -> list[str]:
+    """Distinct stripped training texts of ``source`` absent from its evaluation sets."""
+    split = "validation" if source == "wikitext2" else "train"
+    excluded = {
+        text
+        for task, eval_split in _EVALUATION_SETS[source]
+        for text in _stripped_texts(load_task(task, eval_split), task)
+    }
+    candidates = _stripped_texts(load_task(source, split), source)
+    return [text for text in dict.fromkeys(candidates) if text and text not in excluded]
+
+
+def _stripped_texts(dataset: datasets.Dataset, task: str) -> list[str]:
+    return [text.strip() for column in _TEXT_COLUMNS[task] for text in dataset[column][:]]
