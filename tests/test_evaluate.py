@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -212,3 +213,22 @@ def test_dense_minilm_sst2_probe_beats_chance(minilm, tokenizer):
     probe = ev.fit_probe(minilm, tokenizer, "sst2", n_train=500, disable_progress=True)
     metrics = ev.probe_metrics(minilm, tokenizer, probe, limit=200, disable_progress=True)
     assert metrics["n"] == 200 and metrics["accuracy"] > 0.7
+
+
+@pytest.mark.skipif(not os.environ.get("STATLAB_DATA_DIR"), reason="needs STATLAB_DATA_DIR (the offline data)")
+def test_stsb_halves_partition_the_dev_set(monkeypatch):
+    from statlab import evaluate
+
+    seen = {}
+
+    def fake_pairs(model, tokenizer, pairs, batch_size, disable_progress):
+        seen.setdefault("sizes", []).append(len(pairs))
+        n = len(pairs)
+        return torch.ones(n, 4), torch.ones(n, 4) + torch.linspace(0, 1, n)[:, None]
+
+    monkeypatch.setattr(evaluate, "_embed_pairs", fake_pairs)
+    for half in ("tune", "report"):
+        evaluate.stsb_spearman(None, None, half=half)
+    assert seen["sizes"] == [750, 750]
+    with pytest.raises(ValueError, match="half must be"):
+        evaluate.stsb_spearman(None, None, half="dev")
