@@ -4,7 +4,8 @@
 (``act(x W1^T + b1)`` in BERT, ``silu(x Wg^T) * (x Wu^T)`` in Llama). An ID of
 ``Z`` with column weights ``w_j = ||W2[:, j]||`` keeps neurons ``idx``;
 ``Z ≈ Z[:, idx] T`` gives ``y ≈ Z[:, idx] (W2 T^T)^T``, so the corrected output
-map is ``W2' = W2 @ T.T (out, k)``. The rows ``idx`` of ``W1, b1`` (``Wg, Wu``)
+map is ``W2' = W2 @ T.T (out, k)``. One pivoted QR gives the order; one plain QR
+of the ordered columns gives both ``T`` and the error curve for every ``k``. The rows ``idx`` of ``W1, b1`` (``Wg, Wu``)
 are kept; ``b2`` is unchanged.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from .id import interpolative_decomposition
+from .id import interpolative_decomposition, ridge_least_squares
 from .pruning import ModulePruning
 
 
@@ -37,11 +38,26 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0) -> ModulePruning:
         ``weight = W2 @ T.T (out, k)``; ``residuals`` the relative output error
         curve over ``k = 0..n`` (see :func:`output_residuals`).
     """
+    Z = np.asarray(Z, dtype=np.float64)
     W_out = np.asarray(W_out, dtype=np.float64)
     weights = np.linalg.norm(W_out, axis=0)  # (n,)
-    result = interpolative_decomposition(Z, k, weights=weights, ridge=ridge)
-    order = interpolative_decomposition(Z, None, weights=weights).idx
-    return ModulePruning(result.idx, W_out @ result.coef.T, output_residuals(Z, W_out, order))
+    order = interpolative_decomposition(Z, None, weights=weights).idx  # full pivot order, (n,)
+    idx, rest = order[:k], order[k:]
+    weight = W_out[:, idx]
+    if k and rest.size:
+        if ridge > 0:
+            T = ridge_least_squares(Z[:, idx], Z[:, rest], ridge)
+        else:  # least squares through the QR of the ordered columns (minimum norm if rank-deficient)
+            R = _ordered_r(Z, order)
+            T, *_ = scipy.linalg.lstsq(R[:k, :k], R[:k, k:])
+        weight = weight + W_out[:, rest] @ T.T
+    return ModulePruning(idx, weight, output_residuals(Z, W_out, order))
+
+
+def _ordered_r(Z, order):
+    """``R (n, n)`` of the QR ``Z[:, order] = Q R``, zero rows added when ``N < n``."""
+    R = scipy.linalg.qr(Z[:, order], mode="r")[0][: min(Z.shape)]
+    return np.vstack([R, np.zeros((Z.shape[1] - R.shape[0], Z.shape[1]))])
 
 
 def output_residuals(Z, W_out, order):
@@ -54,8 +70,6 @@ def output_residuals(Z, W_out, order):
     """
     Z = np.asarray(Z, dtype=np.float64)
     W = np.asarray(W_out, dtype=np.float64)[:, order]
-    R = scipy.linalg.qr(Z[:, order], mode="r")[0][: min(Z.shape)]  # (min(N, n), n)
-    parts = np.zeros(Z.shape[1])
-    parts[: R.shape[0]] = np.sum((W @ R.T) ** 2, axis=0)
+    parts = np.sum((W @ _ordered_r(Z, order).T) ** 2, axis=0)  # (n,)
     tail = np.append(np.cumsum(parts[::-1])[::-1], 0.0)
     return np.sqrt(tail / tail[0]) if tail[0] > 0 else np.zeros_like(tail)

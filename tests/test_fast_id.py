@@ -278,3 +278,21 @@ def test_gram_reconstruction_error_matches_direct():
         assert fast.gram_reconstruction_error(Z.T @ Z, result) == pytest.approx(
             fast.reconstruction_error(Z, result), rel=1e-6, abs=FLOOR
         )
+
+
+def test_device_loop_never_syncs_with_the_host():
+    """On a GPU a `.item()` per pivot step would stall the device: the loop must not make one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountSyncs(TorchDispatchMode):
+        syncs = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                CountSyncs.syncs += 1
+            return func(*args, **(kwargs or {}))
+
+    G = torch.as_tensor(MATRICES["random"][:, :12].T @ MATRICES["random"][:, :12])
+    with CountSyncs():
+        _pivoted_cholesky_loop(G, 1e-12)
+    assert CountSyncs.syncs == 0

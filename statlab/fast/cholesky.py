@@ -80,16 +80,18 @@ def _pivoted_cholesky_loop(G: torch.Tensor, tol: float):
     free = torch.ones(n, dtype=torch.bool, device=G.device)
     neg_inf = torch.tensor(-torch.inf, dtype=G.dtype, device=G.device)
     for j in range(n):
+        # index with 1-element tensors (index_select / index_fill_) so that no step
+        # turns the pivot into a Python int: a host sync per step on a GPU
         candidates = torch.where(free, residual, neg_inf)
-        p = torch.argmax(candidates)  # stays on the device: no host sync per step
-        value = candidates[p]
+        p = torch.argmax(candidates).reshape(1)
+        value = candidates.index_select(0, p)  # (1,)
         keep = value > tol
-        perm[j] = p
-        pivots[j] = torch.where(keep, value, 0.0)
-        column = G[:, p] - L[:, :j] @ L[p, :j]  # (n,)
+        perm[j : j + 1] = p
+        pivots[j : j + 1] = torch.where(keep, value, 0.0)
+        column = G.index_select(1, p)[:, 0] - L[:, :j] @ L.index_select(0, p)[0, :j]  # (n,)
         column = torch.where(keep & free, column * value.clamp_min(tol).rsqrt(), 0.0)
         L[:, j] = column
-        removed[j] = column.square().sum()
+        removed[j : j + 1] = column.square().sum()
         residual = residual - column.square()
-        free[p] = False
+        free.index_fill_(0, p, False)
     return perm, pivots, removed
