@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="stat")
     parser.add_argument("--budgets", default="0.5")
-    parser.add_argument("--sources", default="sst2")
+    parser.add_argument("--sources", default="mrpc")
     parser.add_argument("--sizes", default="512")
     parser.add_argument("--ridges", default="0")
     parser.add_argument("--half", default="report", choices=["tune", "report"])

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 # STS-B has no training split offline; calibration comes from another task's
-# training sentences (chosen in DESIGN §4 / README "Calibration defaults").
-DEFAULT_CALIBRATION_SOURCE = {"stsb": "sst2", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
+# training sentences: MRPC, measured best on the tune half of STS-B dev (README "Calibration defaults").
+DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
 EVAL_SEQ_LEN = 128
 
 
