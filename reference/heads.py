@@ -53,7 +53,7 @@ def _fit(C, I, J, ridge):
     return T
 
 
-def prune_heads(C, W_out, unit_size, k, *, ridge=0.0) -> ModulePruning:
+def prune_heads(C, W_out, unit_size, k, *, ridge=0.0, curve=True) -> ModulePruning:
     """Keep ``k`` attention units and correct ``W_O``.
 
     Parameters
@@ -66,6 +66,8 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0) -> ModulePruning:
     k : int
         Units to keep.
     ridge : float
+    curve : bool
+        Compute the error curve (``residuals``; None otherwise).
 
     Returns
     -------
@@ -79,7 +81,7 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0) -> ModulePruning:
     if not 0 <= k <= units:
         raise ValueError(f"k must lie in [0, {units}] units, got {k}")
     order = unit_order(C.T @ C, W_out, unit_size)
-    residuals = output_residuals(C, W_out, _columns(order, unit_size))[::unit_size]  # (units + 1,)
+    residuals = output_residuals(C, W_out, _columns(order, unit_size))[::unit_size] if curve else None
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)
     weight = W_out[:, I]
     if k and J.size:

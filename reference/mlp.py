@@ -18,7 +18,7 @@ from .id import interpolative_decomposition, ridge_least_squares
 from .pruning import ModulePruning
 
 
-def prune_mlp(Z, W_out, k, *, ridge=0.0) -> ModulePruning:
+def prune_mlp(Z, W_out, k, *, ridge=0.0, curve=True) -> ModulePruning:
     """Keep ``k`` neurons of an MLP and correct its output map.
 
     Parameters
@@ -31,6 +31,8 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0) -> ModulePruning:
         Neurons to keep, ``0 <= k <= n``.
     ridge : float
         Relative ridge of the least-squares correction (see ``interpolative_decomposition``).
+    curve : bool
+        Compute the error curve (``residuals``; None otherwise).
 
     Returns
     -------
@@ -41,6 +43,8 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0) -> ModulePruning:
     Z = np.asarray(Z, dtype=np.float64)
     W_out = np.asarray(W_out, dtype=np.float64)
     weights = np.linalg.norm(W_out, axis=0)  # (n,)
+    if not 0 <= k <= Z.shape[1]:
+        raise ValueError(f"k must lie in [0, n={Z.shape[1]}], got {k}")
     order = interpolative_decomposition(Z, None, weights=weights).idx  # full pivot order, (n,)
     idx, rest = order[:k], order[k:]
     weight = W_out[:, idx]
@@ -51,7 +55,7 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0) -> ModulePruning:
             R = _ordered_r(Z, order)
             T, *_ = scipy.linalg.lstsq(R[:k, :k], R[:k, k:])
         weight = weight + W_out[:, rest] @ T.T
-    return ModulePruning(idx, weight, output_residuals(Z, W_out, order))
+    return ModulePruning(idx, weight, output_residuals(Z, W_out, order) if curve else None)
 
 
 def _ordered_r(Z, order):

@@ -21,7 +21,8 @@ class ModulePruning:
     residuals : ndarray, shape (units + 1,)
         Relative output error left when the first ``k`` units of the full
         importance order are kept, ``k = 0..units``: 1 at ``k = 0``, 0 at
-        ``k = units``. Drives the per-layer sizes (DESIGN §1.4).
+        ``k = units``. Drives the per-layer sizes (DESIGN §1.4). None when
+        the caller asked for no curve.
     """
 
     idx: np.ndarray

@@ -73,19 +73,23 @@ def _stats(recorder, backend):
     return recorder.gram if backend == "fast" else recorder.matrix
 
 
-def _prune_attention(stats, W_O, block, k, backend, ridge):
+def _as_numpy(x):
+    return x if x is None or isinstance(x, np.ndarray) else x.cpu().numpy()
+
+
+def _prune_attention(stats, W_O, block, k, backend, ridge, curve=False):
     if backend == "fast":
-        r = fast_heads.prune_heads(stats, W_O, block.unit_size, k, ridge=ridge)
-        return r.idx.tolist(), r.weight, r.residuals.cpu().numpy()
-    r = ref_heads.prune_heads(stats, W_O.detach().cpu().double().numpy(), block.unit_size, k, ridge=ridge)
+        r = fast_heads.prune_heads(stats, W_O, block.unit_size, k, ridge=ridge, curve=curve)
+        return r.idx.tolist(), r.weight, _as_numpy(r.residuals)
+    r = ref_heads.prune_heads(stats, W_O.detach().cpu().double().numpy(), block.unit_size, k, ridge=ridge, curve=curve)
     return r.idx.tolist(), torch.from_numpy(r.weight), r.residuals
 
 
-def _prune_mlp(stats, W2, k, backend, ridge):
+def _prune_mlp(stats, W2, k, backend, ridge, curve=False):
     if backend == "fast":
-        r = fast_mlp.prune_mlp(stats, W2, k, ridge=ridge)
-        return r.idx.tolist(), r.weight, r.residuals.cpu().numpy()
-    r = ref_mlp.prune_mlp(stats, W2.detach().cpu().double().numpy(), k, ridge=ridge)
+        r = fast_mlp.prune_mlp(stats, W2, k, ridge=ridge, curve=curve)
+        return r.idx.tolist(), r.weight, _as_numpy(r.residuals)
+    r = ref_mlp.prune_mlp(stats, W2.detach().cpu().double().numpy(), k, ridge=ridge, curve=curve)
     return r.idx.tolist(), torch.from_numpy(r.weight), r.residuals
 
 
@@ -181,8 +185,10 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         for b in blocks:
             W_O = model.get_submodule(b.attn_out).weight
             W2 = model.get_submodule(b.mlp_out).weight
-            curves.append(_prune_attention(_stats(dense[f"layer {b.index} attention"], backend), W_O, b, b.units, backend, ridge)[2])
-            curves.append(_prune_mlp(_stats(dense[f"layer {b.index} mlp"], backend), W2, W2.shape[1], backend, ridge)[2])
+            curves.append(_prune_attention(_stats(dense[f"layer {b.index} attention"], backend), W_O, b, b.units,
+                                           backend, ridge, curve=True)[2])
+            curves.append(_prune_mlp(_stats(dense[f"layer {b.index} mlp"], backend), W2, W2.shape[1], backend, ridge,
+                                     curve=True)[2])
         layer_weights = np.repeat(budget_lib.post_ln_layer_weights(len(blocks)), 2)
         sizes, tau = budget_lib.choose_sizes(curves, flat_costs, layer_weights, fraction)
         meta["threshold"] = tau

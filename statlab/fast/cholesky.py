@@ -62,11 +62,11 @@ def _pivoted_cholesky_lapack(G: torch.Tensor, tol: float):
     factor, piv, rank, info = scipy.linalg.lapack.dpstrf(G.numpy(), tol=tol, lower=1)
     if info < 0:
         raise RuntimeError(f"dpstrf rejected argument {-info}")
-    factor = np.tril(factor)[:, :rank]  # (n, rank) in pivot order; later columns unfactored
+    # the lower triangle holds L (n, rank) in pivot order; the strict upper one is G's
     pivots = np.zeros(n)
-    pivots[:rank] = np.diag(factor) ** 2
+    pivots[:rank] = np.diag(factor)[:rank] ** 2
     removed = np.zeros(n)
-    removed[:rank] = np.sum(factor**2, axis=0)
+    removed[:rank] = _lower_column_squares(factor, rank)
     return tuple(torch.from_numpy(x) for x in (piv.astype(np.int64) - 1, pivots, removed))
 
 
@@ -95,3 +95,13 @@ def _pivoted_cholesky_loop(G: torch.Tensor, tol: float):
         residual = residual - column.square()
         free.index_fill_(0, p, False)
     return perm, pivots, removed
+
+
+def _lower_column_squares(a: np.ndarray, cols: int) -> np.ndarray:
+    """``Σ_{i>=j} a[i, j]²`` for the first ``cols`` columns, row block by row block (no n×n copy)."""
+    out = np.zeros(cols)
+    for start in range(0, a.shape[0], 512):
+        block = a[start : start + 512, :cols] ** 2  # (b, cols)
+        rows = np.arange(start, start + block.shape[0])[:, None]
+        out += np.where(rows >= np.arange(cols)[None, :], block, 0.0).sum(axis=0)
+    return out

@@ -45,7 +45,8 @@ def _fit(G, I, J, ridge):
     return torch.linalg.lstsq(A.cpu(), G[I][:, J].cpu(), driver="gelsd").solution.to(G.device)
 
 
-def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0) -> ModulePruning:
+def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
+                curve: bool = True) -> ModulePruning:
     """Keep ``k`` attention units and correct ``W_O``.
 
     Parameters
@@ -57,6 +58,8 @@ def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *,
         Columns per unit.
     k : int
     ridge : float
+    curve : bool
+        Compute the error curve (``residuals``; None otherwise).
 
     Returns
     -------
@@ -70,7 +73,7 @@ def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *,
     if not 0 <= k <= units:
         raise ValueError(f"k must lie in [0, {units}] units, got {k}")
     order = unit_order(G, W, unit_size)
-    residuals = output_residuals(G, W, _columns(order, unit_size))[::unit_size]  # (units + 1,)
+    residuals = output_residuals(G, W, _columns(order, unit_size))[::unit_size] if curve else None  # (units + 1,)
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)
     weight = W[:, I]
     if k and J.numel():

@@ -161,18 +161,27 @@ def id_from_gram(
     k = _check_k(k, n)
     eps = torch.finfo(G.dtype).eps
     G = G.to(torch.float64)
-    scaled = G
-    if weights is not None:
-        w = _check_weights(weights, n).to(G)
-        scaled = G * w[:, None] * w[None, :]
-    perm, pivots, removed = (x.to(G.device) for x in pivoted_cholesky(scaled))
+    perm, pivots, removed, total = weighted_pivots(G, weights)
     errors = pivots.clamp_min(0).sqrt()[: min(rows, n) if rows is not None else n]
     explained = torch.cat([removed.new_zeros(1), removed.cumsum(0)])  # (n + 1,)
-    residuals = (scaled.diagonal().sum() - explained).clamp_min(0).sqrt()
+    residuals = (total - explained).clamp_min(0).sqrt()
     residuals[-1] = 0.0
-    idx, rest = perm[:k], perm[k:]
-
+    idx = perm[:k]
     return ID(idx, interpolation_coefficients(G, idx, ridge=ridge, eps=eps), errors, residuals)
+
+
+def weighted_pivots(G: torch.Tensor, weights: torch.Tensor | None = None):
+    """Greedy pivoted Cholesky of ``D G D`` (``D = diag(weights)``), on ``G``'s device.
+
+    Returns ``(perm (n,), pivots (n,), removed (n,), trace(D G D))``; see
+    :func:`statlab.fast.cholesky.pivoted_cholesky`.
+    """
+    scaled = G.to(torch.float64)
+    if weights is not None:
+        w = _check_weights(weights, G.shape[0]).to(scaled)
+        scaled = scaled * w[:, None] * w[None, :]
+    perm, pivots, removed = (x.to(G.device) for x in pivoted_cholesky(scaled))
+    return perm, pivots, removed, scaled.diagonal().sum()
 
 
 def interpolation_coefficients(G: torch.Tensor, idx: torch.Tensor, *, ridge: float = 0.0, eps: float | None = None):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from .id import id_from_gram, interpolation_coefficients
+from .id import interpolation_coefficients, weighted_pivots
 from .pruning import ModulePruning
 
 
-def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0) -> ModulePruning:
+def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0, curve: bool = True) -> ModulePruning:
     """Keep ``k`` neurons and correct the output map.
 
     Parameters
@@ -23,6 +23,8 @@ def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.
     W_out : Tensor, shape (out, n)
     k : int
     ridge : float
+    curve : bool
+        Compute the error curve (``residuals``; None otherwise).
 
     Returns
     -------
@@ -32,10 +34,12 @@ def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.
     """
     W_out = W_out.detach().to(device=G.device, dtype=torch.float64)
     weights = W_out.norm(dim=0)  # (n,)
-    order = id_from_gram(G, None, weights=weights).idx  # full pivot order, (n,)
+    if not 0 <= k <= G.shape[0]:
+        raise ValueError(f"k must lie in [0, n={G.shape[0]}], got {k}")
+    order = weighted_pivots(G, weights)[0]  # full pivot order, (n,)
     idx = order[:k]
     coef = interpolation_coefficients(G, idx, ridge=ridge, eps=torch.finfo(G.dtype).eps)
-    return ModulePruning(idx, W_out @ coef.T, output_residuals(G, W_out, order))
+    return ModulePruning(idx, W_out @ coef.T, output_residuals(G, W_out, order) if curve else None)
 
 
 def output_residuals(G: torch.Tensor, W_out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

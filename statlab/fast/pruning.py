@@ -15,7 +15,7 @@ class ModulePruning:
     ----------
     idx : Tensor of int64, shape (k,)
     weight : Tensor of float64, shape (out, k * u)
-    residuals : Tensor of float64, shape (units + 1,)
+    residuals : Tensor of float64, shape (units + 1,), or None when not asked for
     """
 
     idx: torch.Tensor
