@@ -117,7 +117,20 @@ def choose_sizes(curves, costs, weights, fraction, *, iterations=100):
 
 
 def uniform_sizes(costs, fraction):
-    """The same kept fraction in every module, rounded down to fit: the baselines' sizes."""
+    """The same kept fraction in every module: the baselines' sizes.
+
+    Each module keeps ``floor(fraction · units)``; the budget this leaves unused
+    then goes, one unit at a time, to the modules with the largest rounded-off
+    remainders whose unit still fits, so the baseline spends the budget as fully
+    as the threshold search does.
+    """
     if not 0 < fraction <= 1:
         raise ValueError(f"the budget fraction must lie in (0, 1], got {fraction}")
-    return [int(np.floor(fraction * c.units + 1e-9)) for c in costs]
+    exact = [fraction * c.units for c in costs]
+    sizes = [int(np.floor(x + 1e-9)) for x in exact]
+    left = fraction * total_cost([c.units for c in costs], costs) - total_cost(sizes, costs)
+    for i in sorted(range(len(costs)), key=lambda i: sizes[i] - exact[i]):
+        if sizes[i] < costs[i].units and costs[i].per_unit <= left + 1e-9:
+            sizes[i] += 1
+            left -= costs[i].per_unit
+    return sizes

@@ -12,7 +12,7 @@ import inspect
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from statlab.fast import GramAccumulator, NonFiniteActivationError
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from statlab import fast
 from statlab.reference import budget as budget_lib

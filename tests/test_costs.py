@@ -62,3 +62,13 @@ def test_choose_sizes_meets_the_budget_and_prefers_cheap_errors():
 def test_choose_sizes_rejects_bad_budgets(fraction):
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         budget.choose_sizes([np.array([1.0, 0.0])], [budget.ModuleCost(1, 1.0)], [1.0], fraction)
+
+
+def test_uniform_sizes_spend_the_budget():
+    costs = [budget.ModuleCost(12, 7.0), budget.ModuleCost(1536, 0.1)] * 3
+    sizes = budget.uniform_sizes(costs, 0.4)
+    dense = budget.total_cost([c.units for c in costs], costs)
+    spent = budget.total_cost(sizes, costs)
+    assert spent <= 0.4 * dense + 1e-9
+    assert spent >= 0.4 * dense - 7.0  # less than one head left over
+    assert [sizes[0], sizes[2], sizes[4]].count(5) >= 1  # some layers round 4.8 heads up
