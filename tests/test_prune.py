@@ -84,7 +84,7 @@ def test_full_budget_is_a_no_op():
 def test_removing_whole_modules(make):
     """k = 0: the attention and MLP outputs collapse to their biases; the model still runs."""
     model = make()
-    plan = statlab.prune(model, batches(), mac_fraction=0.01, method="magnitude", base="tiny")
+    plan = statlab.prune(model, batches(), mac_fraction=1e-6, method="magnitude", base="tiny")
     assert all(len(l["attn_kept"]) == 0 and len(l["mlp_kept"]) == 0 for l in plan.layers)
     out = hidden(model, batches(1, seed=3)[0])
     assert torch.isfinite(out).all()
