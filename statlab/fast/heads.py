@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .cholesky import pivoted_cholesky
+from .id import interpolation_coefficients
 from .mlp import output_residuals
 from .pruning import ModulePruning
 
@@ -33,16 +34,6 @@ def unit_order(G: torch.Tensor, W_out: torch.Tensor, unit_size: int) -> torch.Te
 def _columns(units: torch.Tensor, unit_size: int) -> torch.Tensor:
     offsets = torch.arange(unit_size, device=units.device)
     return (units[:, None] * unit_size + offsets).reshape(-1)
-
-
-def _fit(G, I, J, ridge):
-    G_II = G[I][:, I]
-    lam = (ridge + 10 * torch.finfo(G.dtype).eps) * G_II.diagonal().mean().clamp_min(torch.finfo(G.dtype).tiny)
-    A = G_II + lam * torch.eye(I.numel(), dtype=G.dtype, device=G.device)
-    chol, info = torch.linalg.cholesky_ex(A)
-    if int(info) == 0:
-        return torch.cholesky_solve(G[I][:, J], chol)
-    return torch.linalg.lstsq(A.cpu(), G[I][:, J].cpu(), driver="gelsd").solution.to(G.device)
 
 
 def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
@@ -77,5 +68,5 @@ def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *,
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)
     weight = W[:, I]
     if k and J.numel():
-        weight = weight + W[:, J] @ _fit(G, I, J, ridge).T
+        weight = weight + W[:, J] @ interpolation_coefficients(G, I, ridge=ridge)[:, J].T
     return ModulePruning(order[:k], weight, residuals)
