@@ -67,6 +67,40 @@ def post_ln_layer_weights(num_layers):
     return np.sqrt(num_layers + 1 - l) + 1.0
 
 
+def pre_ln_layer_weights(pivots):
+    """Weights for pre-LN decoders: each layer's largest pivot over its fitted exponential trend.
+
+    In a pre-LN decoder the residual stream grows roughly exponentially with
+    depth, and so do the module outputs added to it; an error matters relative
+    to that stream. With ``p_l`` the largest pivot of layer ``l``'s module (the
+    output norm of its single most important unit), fit
+    ``log p_l ≈ a·l + b`` by least squares and weight the relative error curve
+    by ``w_l = p_l / exp(a·l + b)``: a layer whose outputs stand above the
+    trend (in Llama-family models the first and last layers) is pruned less.
+
+    Fit attention and MLP separately: each family's weights then scatter around
+    1, so one threshold on the weighted errors balances heads against neurons.
+
+    Parameters
+    ----------
+    pivots : array_like, shape (L,)
+        Positive largest pivots, layer ``l = 0..L-1``.
+
+    Returns
+    -------
+    ndarray, shape (L,)
+    """
+    p = np.asarray(pivots, dtype=np.float64)
+    if p.ndim != 1 or not np.all(np.isfinite(p)):
+        raise ValueError("pivots must be a finite vector, one per layer")
+    p = np.maximum(p, np.finfo(np.float64).tiny)
+    if p.size < 2:
+        return np.ones_like(p)
+    layers = np.arange(p.size)
+    a, b = np.polyfit(layers, np.log(p), 1)
+    return p / np.exp(a * layers + b)
+
+
 def sizes_for_threshold(curves, weights, tau):
     """``k = min{k : w · r(k) <= τ}`` for every module; curves[i] has shape (units_i + 1,)."""
     sizes = []

@@ -157,6 +157,8 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
                 if replay is not None:
                     replay.batch = i
                 batch = {k: v.to(device) for k, v in batch.items() if k in accepted}
+                if "use_cache" in accepted:
+                    batch["use_cache"] = False  # decoders: no KV cache for a capture pass
                 mask = batch.get("attention_mask")
                 state["mask"] = None if mask is None else mask.bool()
                 state["seen"] = set()

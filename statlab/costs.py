@@ -18,13 +18,14 @@ def module_costs(model, adapter, blocks, kind, seq_len):
     d = adapter.hidden_size(model)
     costs = []
     for b in blocks:
-        bias = model.get_submodule(b.mlp_out).bias is not None
         if kind == "macs":
             head = budget_lib.head_macs(seq_len, d, b.head_dim, b.heads_per_unit, 1)
             neuron = budget_lib.neuron_macs(seq_len, d, adapter.gated)
         else:
-            head = budget_lib.head_params(d, b.head_dim, b.heads_per_unit, 1, bias)
-            neuron = budget_lib.neuron_params(d, adapter.gated, bias)
+            attn_bias = model.get_submodule(b.attn_in[0]).bias is not None  # Qwen2: q/k/v biases only
+            mlp_bias = model.get_submodule(b.mlp_out).bias is not None
+            head = budget_lib.head_params(d, b.head_dim, b.heads_per_unit, 1, attn_bias)
+            neuron = budget_lib.neuron_params(d, adapter.gated, mlp_bias)
         n = model.get_submodule(b.mlp_out).in_features
         costs.append((budget_lib.ModuleCost(b.units, head), budget_lib.ModuleCost(n, neuron)))
     return costs

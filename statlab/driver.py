@@ -93,6 +93,46 @@ def _prune_mlp(stats, W2, k, backend, ridge, curve=False):
     return r.idx.tolist(), torch.from_numpy(r.weight), r.residuals
 
 
+def unit_energies(stats, W_out, unit_size, backend):
+    """Output energy of every unit alone, ``||Z_u W_u^T||_F²``: shape (units,).
+
+    ``sum_{a, b in u} (W_u^T W_u)_ab G_ab`` from the Gram's diagonal blocks
+    (fast) or from the activations (reference); ``unit_size = 1`` for neurons.
+    """
+    if backend == "fast":
+        G = stats.to(torch.float64)
+        W = W_out.detach().to(device=G.device, dtype=torch.float64)
+        units = G.shape[0] // unit_size
+        blocks = G.reshape(units, unit_size, units, unit_size).diagonal(dim1=0, dim2=2)  # (u, u, units)
+    else:
+        Z = torch.from_numpy(stats)
+        W = W_out.detach().to(dtype=torch.float64, device="cpu")
+        units = Z.shape[1] // unit_size
+        Zb = Z.reshape(Z.shape[0], units, unit_size)
+        blocks = torch.einsum("nia,nib->abi", Zb, Zb)
+    Wb = W.reshape(W.shape[0], units, unit_size)
+    return (torch.einsum("oia,oib->abi", Wb, Wb) * blocks).sum(dim=(0, 1)).cpu().numpy()
+
+
+def _layer_weights(adapter, blocks, model, dense, backend):
+    """Error weight of every module, ordered (layer 0 attention, layer 0 MLP, layer 1 attention, ...).
+
+    Post-LN encoders: STAT's depth weighting :func:`~statlab.reference.budget.post_ln_layer_weights`.
+    Pre-LN decoders: each family's largest pivots over their exponential trend
+    (:func:`~statlab.reference.budget.pre_ln_layer_weights`).
+    """
+    if adapter.norm_position == "post":
+        return np.repeat(budget_lib.post_ln_layer_weights(len(blocks)), 2)
+    pivots = {"attention": [], "mlp": []}
+    for b in blocks:
+        pivots["attention"].append(unit_energies(_stats(dense[f"layer {b.index} attention"], backend),
+                                                 model.get_submodule(b.attn_out).weight, b.unit_size, backend).max())
+        pivots["mlp"].append(unit_energies(_stats(dense[f"layer {b.index} mlp"], backend),
+                                           model.get_submodule(b.mlp_out).weight, 1, backend).max())
+    weights = {kind: budget_lib.pre_ln_layer_weights(np.sqrt(p)) for kind, p in pivots.items()}
+    return np.stack([weights["attention"], weights["mlp"]], axis=1).reshape(-1)
+
+
 def _magnitude_attention(model, block, k):
     """Units by ``||rows of W_Q, W_K, W_V||_F · ||columns of W_O||_F``; no correction."""
     W_O = model.get_submodule(block.attn_out).weight.detach().float()
@@ -189,7 +229,9 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
                                            backend, ridge, curve=True)[2])
             curves.append(_prune_mlp(_stats(dense[f"layer {b.index} mlp"], backend), W2, W2.shape[1], backend, ridge,
                                      curve=True)[2])
-        layer_weights = np.repeat(budget_lib.post_ln_layer_weights(len(blocks)), 2)
+        layer_weights = _layer_weights(adapter, blocks, model, dense, backend)
+        if propagate:
+            del dense  # the propagated pass captures its own; free the dense Grams first
         sizes, tau = budget_lib.choose_sizes(curves, flat_costs, layer_weights, fraction)
         meta["threshold"] = tau
     else:

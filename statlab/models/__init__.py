@@ -5,9 +5,10 @@ from __future__ import annotations
 from .base import Adapter, Block
 from .bert import BertAdapter
 from .distilbert import DistilBertAdapter
+from .llama import LlamaAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {}
-for _cls in (BertAdapter, DistilBertAdapter):
+for _cls in (BertAdapter, DistilBertAdapter, LlamaAdapter):
     for _t in _cls.model_types:
         ADAPTERS[_t] = _cls
 

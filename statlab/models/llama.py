@@ -1,0 +1,66 @@
+"""Llama family (``LlamaForCausalLM``, ``LlamaModel``; Mistral and Qwen2 share the names).
+
+Pre-LN decoder blocks: ``h += o_proj(attn(input_layernorm(h)))``,
+``h += down_proj(silu(gate_proj(x)) * up_proj(x))`` with ``x = post_attention_layernorm(h)``.
+
+- MLP neurons are rows of ``gate_proj`` and ``up_proj`` and columns of
+  ``down_proj``; ``Z`` is the input of ``down_proj`` (DESIGN §1.2).
+- Attention units are KV groups (DESIGN §1.3): a group is one K/V head and the
+  ``num_heads / num_kv_heads`` query heads that read it, which are consecutive
+  in ``q_proj`` (``repeat_kv`` repeats KV head ``g`` for query heads
+  ``g·r … g·r + r - 1``). Keeping whole groups keeps the query-per-KV ratio of
+  every layer, so ``num_key_value_groups`` stays valid; for MHA a group is a
+  head. The attention forward infers the head counts from the projections'
+  shapes, so nothing else changes; RoPE, norms and the (tied) embeddings are
+  untouched, and the pruned model still runs ``generate()``.
+"""
+
+from __future__ import annotations
+
+from .base import Adapter, Block, ZeroAttention
+
+
+def _decoder_prefix(model):
+    return "model" if hasattr(model, "model") and hasattr(model.model, "layers") else ""
+
+
+class LlamaAdapter(Adapter):
+    model_types = ("llama", "mistral", "qwen2")
+    norm_position = "pre"
+    gated = True
+
+    def blocks(self, model):
+        c = model.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        per_group = c.num_attention_heads // c.num_key_value_heads
+        blocks = []
+        for i, layer in enumerate(model.get_submodule(self.layers_path(model))):
+            p = f"{self.layers_path(model)}.{i}"
+            groups = layer.self_attn.k_proj.out_features // head_dim
+            blocks.append(Block(
+                index=i,
+                attention=f"{p}.self_attn",
+                attn_in=(f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"),
+                attn_out=f"{p}.self_attn.o_proj",
+                mlp_in=(f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"),
+                mlp_out=f"{p}.mlp.down_proj",
+                units=groups, unit_size=per_group * head_dim, head_dim=head_dim, heads_per_unit=per_group,
+            ))
+        return blocks
+
+    def layers_path(self, model):
+        prefix = _decoder_prefix(model)
+        return f"{prefix}.layers" if prefix else "layers"
+
+    def hidden_size(self, model):
+        return model.config.hidden_size
+
+    def set_units(self, model, block, kept):
+        """Nothing to update: LlamaAttention reads its head counts from the projections' shapes."""
+
+    def remove_attention(self, model, block):
+        # the decoder layer adds o_proj(context) to the residual: a zero-width context leaves its bias (or 0)
+        parent_path, name = block.attention.rsplit(".", 1)
+        old = model.get_submodule(block.attention)
+        names = ("q_proj", "k_proj", "v_proj", "o_proj")
+        setattr(model.get_submodule(parent_path), name, ZeroAttention({n: getattr(old, n) for n in names}, out="o_proj"))
