@@ -43,6 +43,10 @@ class MatrixRecorder:
         return sum(p.shape[0] for p in self.parts)
 
     @property
+    def mean(self):
+        return self.matrix.mean(axis=0) if self.parts else np.zeros(self.n)
+
+    @property
     def matrix(self):
         return np.concatenate(self.parts) if self.parts else np.zeros((0, self.n))
 

@@ -16,6 +16,10 @@ from pathlib import Path
 # training sentences: MRPC, measured best on the tune half of STS-B dev (README "Calibration defaults").
 DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
 EVAL_SEQ_LEN = 128
+DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
+DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
+DEFAULT_WINDOW = 512  # tokens per perplexity / calibration window on CPU (2048 in the Llama-2 protocol)
+CPU_MAX_TOKENS = 32768  # perplexity on the CPU: the first whole windows up to this many tokens
 
 
 def _quiet_transformers():
@@ -30,10 +34,22 @@ def _report(args):
     return lambda *parts: print(*parts, file=stream, flush=True)
 
 
-def calibration_batches(tokenizer, task, *, size, source=None, seed=0, max_length=128, batch_size=64):
-    """Tokenised calibration batches for ``task`` and a description of them."""
-    from statlab.data import calibration_texts, tokenize_batches
+def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_length=128, batch_size=64,
+                        window=DEFAULT_WINDOW):
+    """Tokenised calibration batches for ``task`` and a description of them.
 
+    Encoder tasks: ``size`` sentences (default 512) of ``source``'s training split,
+    padded batches. ``wikitext2`` (decoders): ``size`` windows (default 128) of
+    ``window`` tokens from WikiText-2 validation.
+    """
+    from statlab.data import calibration_texts, calibration_windows, tokenize_batches
+
+    if task == "wikitext2":
+        size = size or DEFAULT_CALIBRATION_WINDOWS
+        batches = calibration_windows(tokenizer, size, window=window, seed=seed)
+        return batches, {"source": "wikitext2 validation windows", "examples": size, "window": window,
+                         "tokens": size * window, "seed": seed}
+    size = size or DEFAULT_CALIBRATION_SIZE
     source = source or DEFAULT_CALIBRATION_SOURCE[task]
     texts = calibration_texts(source, size, seed=seed)
     # similar lengths in a batch waste less on padding
@@ -42,6 +58,11 @@ def calibration_batches(tokenizer, task, *, size, source=None, seed=0, max_lengt
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     return batches, {"source": f"{source} train" if source != "wikitext2" else "wikitext2 validation",
                      "examples": size, "tokens": tokens, "max_length": max_length, "seed": seed}
+
+
+def cost_seq_len(task, window=DEFAULT_WINDOW):
+    """The reference length of the MAC model: the window for perplexity, else ``EVAL_SEQ_LEN``."""
+    return window if task == "wikitext2" else EVAL_SEQ_LEN
 
 
 def run_prune(args) -> dict:
@@ -53,7 +74,7 @@ def run_prune(args) -> dict:
     _quiet_transformers()
     model, tokenizer = load_model(args.model)
     batches, calib = calibration_batches(tokenizer, args.task, size=args.calibration_size,
-                                         source=args.calibration_source, seed=args.seed)
+                                         source=args.calibration_source, seed=args.seed, window=args.window)
     n_units = max(model.get_submodule(b.mlp_out).in_features for b in statlab.models.get_adapter(model).blocks(model))
     say(f"calibration: {calib['examples']} {calib['source']} examples, {calib['tokens']} tokens "
         f"({calib['tokens'] / n_units:.1f} per MLP neuron)")
@@ -64,7 +85,8 @@ def run_prune(args) -> dict:
     start = time.perf_counter()
     plan = statlab.prune(model, batches, mac_fraction=args.mac_fraction, sparsity=args.sparsity,
                          backend=args.backend, method=args.method, seed=args.seed,
-                         propagate=not args.one_pass, ridge=args.ridge, seq_len=EVAL_SEQ_LEN, base=args.model)
+                         propagate=not args.one_pass, ridge=args.ridge, seq_len=cost_seq_len(args.task, args.window),
+                         base=args.model)
     seconds = time.perf_counter() - start
     plan.meta["calibration"].update(calib)
     plan.save(args.out)
@@ -79,8 +101,13 @@ def run_prune(args) -> dict:
             "method": args.method, "calibration": calib}
 
 
-def evaluate_model(model_or_dir, task, *, limit=None, seed=0, dense=False):
-    """Metrics and costs of a model name/path or a saved plan directory (see ``statlab eval``)."""
+def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WINDOW, max_tokens="auto"):
+    """Metrics and costs of a model name/path or a saved plan directory (see ``statlab eval``).
+
+    ``wikitext2``: perplexity over the first whole ``window``-token windows of the
+    test split up to ``max_tokens`` (``"auto"``: CPU_MAX_TOKENS on the CPU, the
+    whole split on a GPU; None: the whole split); the metrics say how many tokens.
+    """
     from statlab.costs import block_macs
     from statlab.evaluate import count_parameters, evaluate_task, fit_probe
     from statlab.models.loading import load_model
@@ -93,7 +120,8 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, dense=False):
         model, tokenizer = load_model(plan.meta["base"])
     else:
         model, tokenizer = load_model(model_or_dir)
-    dense_macs, dense_params = block_macs(model, EVAL_SEQ_LEN), count_parameters(model)
+    seq_len = cost_seq_len(task, window)
+    dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
     probe = None
     if task in ("sst2", "mrpc"):
         from statlab.evaluate import Probe
@@ -102,18 +130,41 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, dense=False):
         probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
     if plan is not None:
         plan.apply(model)
-    metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
-    metrics.pop("task", None)
-    return {"task": task, "metrics": metrics, "macs": block_macs(model, EVAL_SEQ_LEN), "dense_macs": dense_macs,
-            "params": count_parameters(model), "dense_params": dense_params, "seq_len": EVAL_SEQ_LEN}
+    if task == "wikitext2":
+        metrics = decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
+    else:
+        metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
+        metrics.pop("task", None)
+    return {"task": task, "metrics": metrics, "macs": block_macs(model, seq_len), "dense_macs": dense_macs,
+            "params": count_parameters(model), "dense_params": dense_params, "seq_len": seq_len}
+
+
+def decoder_perplexity(model, tokenizer, *, window=DEFAULT_WINDOW, max_tokens="auto", batch_size=None):
+    """WikiText-2 test perplexity of a causal LM; ``max_tokens`` as in :func:`evaluate_model`."""
+    import torch
+
+    from statlab.data import token_windows
+    from statlab.evaluate import perplexity
+
+    on_gpu = next(model.parameters()).device.type != "cpu"
+    if max_tokens == "auto":
+        max_tokens = None if on_gpu else CPU_MAX_TOKENS
+    windows = token_windows(tokenizer, "test", window=window, max_tokens=max_tokens)
+    with torch.no_grad():
+        result = perplexity(model, windows, batch_size=batch_size or (8 if on_gpu else 1))
+    return {**result, "window": window, "max_tokens": max_tokens}
 
 
 def run_eval(args) -> dict:
     say = _report(args)
-    result = evaluate_model(args.model, args.task, limit=args.limit, seed=args.seed)
+    result = evaluate_model(args.model, args.task, limit=args.limit, seed=args.seed, window=args.window,
+                            max_tokens=args.max_tokens)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
     say(f"{args.model} on {args.task}: {shown}")
-    say(f"MACs per {EVAL_SEQ_LEN}-token sequence (attention + MLP blocks): {result['macs'] / 1e6:.1f} M of "
+    if args.task == "wikitext2" and result["metrics"]["max_tokens"] is not None:
+        say(f"(first {result['metrics']['tokens']} predicted tokens of the test split: --max-tokens "
+            f"{result['metrics']['max_tokens']}; --max-tokens 0 evaluates all of it)")
+    say(f"MACs per {result['seq_len']}-token sequence (attention + MLP blocks): {result['macs'] / 1e6:.1f} M of "
         f"{result['dense_macs'] / 1e6:.1f} M dense ({result['macs'] / result['dense_macs']:.1%}); "
         f"parameters {result['params'] / 1e6:.2f} M of {result['dense_params'] / 1e6:.2f} M")
     return result
@@ -143,9 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--mac-fraction", type=float, help="fraction of block MACs to keep, in (0, 1]")
     budget.add_argument("--sparsity", type=float, help="fraction of attention+MLP parameters to remove, in [0, 1)")
-    p.add_argument("--method", default="stat", choices=["stat", "magnitude"])
+    p.add_argument("--method", default="stat", choices=["stat", "activation", "magnitude"])
     p.add_argument("--backend", default="fast", choices=["fast", "reference"])
-    p.add_argument("--calibration-size", type=int, default=512, help="calibration examples (default 512)")
+    p.add_argument("--calibration-size", type=int,
+                   help=f"calibration sentences (default {DEFAULT_CALIBRATION_SIZE}) or, for wikitext2, windows "
+                        f"(default {DEFAULT_CALIBRATION_WINDOWS})")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help=f"wikitext2: tokens per calibration window and MAC reference length (default {DEFAULT_WINDOW})")
     p.add_argument("--calibration-source", choices=["sst2", "mrpc", "wikitext2"],
                    help="where calibration text comes from (default: per task, see README)")
     p.add_argument("--ridge", type=float, default=0.0, help="relative ridge of the corrections")
@@ -157,8 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a model or a saved plan")
     e.add_argument("model", help="a model name/path or a plan directory")
-    e.add_argument("--task", required=True, choices=["stsb", "sst2", "mrpc"])
+    e.add_argument("--task", required=True, choices=["stsb", "sst2", "mrpc", "wikitext2"])
     e.add_argument("--limit", type=int, help="evaluate on this many dev examples only")
+    e.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help=f"wikitext2: perplexity window in tokens (default {DEFAULT_WINDOW}; 2048 in the Llama-2 protocol)")
+    e.add_argument("--max-tokens", type=lambda v: None if int(v) == 0 else int(v), default="auto",
+                   help=f"wikitext2: evaluate the first whole windows up to this many tokens (default "
+                        f"{CPU_MAX_TOKENS} on CPU, all on GPU; 0: all)")
     e.add_argument("--seed", type=int, default=0, help="seed of the probe (sst2, mrpc)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=run_eval)

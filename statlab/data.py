@@ -292,6 +292,40 @@ def token_windows(
     return ids[: count * window].reshape(count, window)  # (W, window)
 
 
+def calibration_windows(
+    tokenizer, n_windows: int = 128, *, window: int = 512, batch_size: int = 8, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Calibration for decoders: ``n_windows`` token windows of WikiText-2 validation (DESIGN §4).
+
+    The validation split is cut into non-overlapping windows (as
+    :func:`token_windows` does); ``n_windows`` of them are drawn without
+    replacement with ``numpy.random.default_rng(seed)`` and batched. Full
+    windows carry no padding, so the batches hold ``input_ids`` only. The test
+    split, which perplexity reports, is never used.
+
+    Returns
+    -------
+    list of dict
+        ``{"input_ids": (B, window)}`` int64 batches, ``B <= batch_size``.
+
+    Raises
+    ------
+    ValueError
+        If the split holds fewer than ``n_windows`` windows.
+    """
+    if n_windows < 1 or batch_size < 1:
+        raise ValueError(f"n_windows={n_windows} and batch_size={batch_size} must both be at least 1")
+    pool = token_windows(tokenizer, "validation", window=window)
+    if n_windows > pool.shape[0]:
+        raise ValueError(
+            f"{n_windows} calibration windows of {window} tokens requested; WikiText-2 validation holds "
+            f"{pool.shape[0]}: ask for fewer or shorter windows"
+        )
+    picks = np.sort(np.random.default_rng(seed).choice(pool.shape[0], size=n_windows, replace=False))
+    chosen = pool[torch.from_numpy(picks)]
+    return [{"input_ids": chunk} for chunk in chosen.split(batch_size)]
+
+
 def _check_split(task: str, split: str) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")

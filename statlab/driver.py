@@ -19,19 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from statlab import fast
 from statlab.reference import budget as budget_lib
-from statlab.reference import heads as ref_heads
-from statlab.reference import mlp as ref_mlp
 
 from .capture import LayerReplay, capture
 from .costs import module_costs
-from .fast import heads as fast_heads
-from .fast import mlp as fast_mlp
+from .methods import METHODS, ModuleStats, get_method
 from .models import get_adapter
 from .plan import PruningPlan, apply_attention, apply_mlp, config_hash, weights_fingerprint
 
-METHODS = ("stat", "magnitude")
 BACKENDS = ("fast", "reference")
 
 
@@ -69,89 +64,6 @@ def _check_calibration(calibration, blocks, model):
     return tokens, seq_len, digest.hexdigest()
 
 
-def _stats(recorder, backend):
-    return recorder.gram if backend == "fast" else recorder.matrix
-
-
-def _as_numpy(x):
-    return x if x is None or isinstance(x, np.ndarray) else x.cpu().numpy()
-
-
-def _prune_attention(stats, W_O, block, k, backend, ridge, curve=False):
-    if backend == "fast":
-        r = fast_heads.prune_heads(stats, W_O, block.unit_size, k, ridge=ridge, curve=curve)
-        return r.idx.tolist(), r.weight, _as_numpy(r.residuals)
-    r = ref_heads.prune_heads(stats, W_O.detach().cpu().double().numpy(), block.unit_size, k, ridge=ridge, curve=curve)
-    return r.idx.tolist(), torch.from_numpy(r.weight), r.residuals
-
-
-def _prune_mlp(stats, W2, k, backend, ridge, curve=False):
-    if backend == "fast":
-        r = fast_mlp.prune_mlp(stats, W2, k, ridge=ridge, curve=curve)
-        return r.idx.tolist(), r.weight, _as_numpy(r.residuals)
-    r = ref_mlp.prune_mlp(stats, W2.detach().cpu().double().numpy(), k, ridge=ridge, curve=curve)
-    return r.idx.tolist(), torch.from_numpy(r.weight), r.residuals
-
-
-def unit_energies(stats, W_out, unit_size, backend):
-    """Output energy of every unit alone, ``||Z_u W_u^T||_F²``: shape (units,).
-
-    ``sum_{a, b in u} (W_u^T W_u)_ab G_ab`` from the Gram's diagonal blocks
-    (fast) or from the activations (reference); ``unit_size = 1`` for neurons.
-    """
-    if backend == "fast":
-        G = stats.to(torch.float64)
-        W = W_out.detach().to(device=G.device, dtype=torch.float64)
-        units = G.shape[0] // unit_size
-        blocks = G.reshape(units, unit_size, units, unit_size).diagonal(dim1=0, dim2=2)  # (u, u, units)
-    else:
-        Z = torch.from_numpy(stats)
-        W = W_out.detach().to(dtype=torch.float64, device="cpu")
-        units = Z.shape[1] // unit_size
-        Zb = Z.reshape(Z.shape[0], units, unit_size)
-        blocks = torch.einsum("nia,nib->abi", Zb, Zb)
-    Wb = W.reshape(W.shape[0], units, unit_size)
-    return (torch.einsum("oia,oib->abi", Wb, Wb) * blocks).sum(dim=(0, 1)).cpu().numpy()
-
-
-def _layer_weights(adapter, blocks, model, dense, backend):
-    """Error weight of every module, ordered (layer 0 attention, layer 0 MLP, layer 1 attention, ...).
-
-    Post-LN encoders: STAT's depth weighting :func:`~statlab.reference.budget.post_ln_layer_weights`.
-    Pre-LN decoders: each family's largest pivots over their exponential trend
-    (:func:`~statlab.reference.budget.pre_ln_layer_weights`).
-    """
-    if adapter.norm_position == "post":
-        return np.repeat(budget_lib.post_ln_layer_weights(len(blocks)), 2)
-    pivots = {"attention": [], "mlp": []}
-    for b in blocks:
-        pivots["attention"].append(unit_energies(_stats(dense[f"layer {b.index} attention"], backend),
-                                                 model.get_submodule(b.attn_out).weight, b.unit_size, backend).max())
-        pivots["mlp"].append(unit_energies(_stats(dense[f"layer {b.index} mlp"], backend),
-                                           model.get_submodule(b.mlp_out).weight, 1, backend).max())
-    weights = {kind: budget_lib.pre_ln_layer_weights(np.sqrt(p)) for kind, p in pivots.items()}
-    return np.stack([weights["attention"], weights["mlp"]], axis=1).reshape(-1)
-
-
-def _magnitude_attention(model, block, k):
-    """Units by ``||rows of W_Q, W_K, W_V||_F · ||columns of W_O||_F``; no correction."""
-    W_O = model.get_submodule(block.attn_out).weight.detach().float()
-    score = W_O.reshape(W_O.shape[0], block.units, -1).square().sum(dim=(0, 2))
-    rows = sum(model.get_submodule(p).weight.detach().float().reshape(block.units, -1).square().sum(1)
-               for p in block.attn_in)
-    order = torch.argsort((score * rows).sqrt(), descending=True, stable=True)[:k]
-    cols = (order[:, None] * block.unit_size + torch.arange(block.unit_size)).reshape(-1)
-    return order.tolist(), W_O[:, cols].double()
-
-
-def _magnitude_mlp(model, block, k):
-    """Neurons by ``||W1[j]|| · ||W2[:, j]||``; no correction."""
-    W2 = model.get_submodule(block.mlp_out).weight.detach().float()
-    rows = sum(model.get_submodule(p).weight.detach().float().square().sum(1) for p in block.mlp_in)
-    order = torch.argsort(W2.square().sum(0).sqrt() * rows.sqrt(), descending=True, stable=True)[:k]
-    return order.tolist(), W2[:, order].double()
-
-
 def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast", method="stat",
           seed=0, propagate=True, ridge=0.0, seq_len=None, base=None) -> PruningPlan:
     """Prune ``model`` in place to a budget and return the plan that reproduces it.
@@ -168,14 +80,18 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         Fraction of attention + MLP parameters removed.
     backend : {"fast", "reference"}
         Streamed Grams on the model's device, or NumPy matrices through :mod:`statlab.reference`.
-    method : {"stat", "magnitude"}
-        STAT (ID + correction, sizes from error curves) or the weight-norm baseline
-        (uniform sizes, no correction).
+    method : str
+        A name in :data:`statlab.methods.METHODS`: ``stat`` (ID + correction,
+        sizes from error curves), or a baseline with the same kept fraction in
+        every module and no correction — ``activation`` (output energy
+        ``||Z_u W_u^T||`` on the calibration data, Wanda-sp / FLAP style),
+        ``magnitude`` (weight norms), ``random``.
     seed : int
         Recorded in the plan; the methods here are deterministic.
     propagate : bool
         Recompute activations through the pruned blocks below (default) or use the
-        dense pass for every block (the one-pass variant).
+        dense pass for every block (the one-pass variant); only for methods that
+        propagate (``stat``).
     ridge : float
         Relative ridge of the least-squares corrections.
     seq_len : int, optional
@@ -190,8 +106,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     budget, fraction = _check_budget(mac_fraction, sparsity)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    pruner = get_method(method, seed=seed, ridge=ridge)
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     tokens, calib_len, calib_hash = _check_calibration(calibration, blocks, model)
@@ -207,42 +122,35 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         "calibration": {"hash": calib_hash, "batches": len(calibration), "tokens": tokens},
     }
     kind = "macs" if "mac_fraction" in budget else "params"
-    costs = module_costs(model, adapter, blocks, kind, seq_len)
-    start = time.perf_counter()
+    flat_costs = [c for pair in module_costs(model, adapter, blocks, kind, seq_len) for c in pair]
+    clock = _PhaseClock(model)
+    propagate = propagate and pruner.propagates
 
-    flat_costs = [c for pair in costs for c in pair]
-    curves = None
-    if method == "stat":
-        targets = {}
-        for b in blocks:
-            targets[f"layer {b.index} attention"] = b.attn_out
-            targets[f"layer {b.index} mlp"] = b.mlp_out
-        # With propagation the dense pass only draws the error curves that set the sizes:
-        # fp32 Grams (floor ~3e-4 relative) are ample for that and cost half of fp64.
-        dense = capture(model, calibration, targets, backend=backend, desc="dense pass",
-                        precision="fp32" if propagate else "fp64")
-        curves = []
-        for b in blocks:
-            W_O = model.get_submodule(b.attn_out).weight
-            W2 = model.get_submodule(b.mlp_out).weight
-            curves.append(_prune_attention(_stats(dense[f"layer {b.index} attention"], backend), W_O, b, b.units,
-                                           backend, ridge, curve=True)[2])
-            curves.append(_prune_mlp(_stats(dense[f"layer {b.index} mlp"], backend), W2, W2.shape[1], backend, ridge,
-                                     curve=True)[2])
-        layer_weights = _layer_weights(adapter, blocks, model, dense, backend)
-        if propagate:
-            del dense  # the propagated pass captures its own; free the dense Grams first
-        sizes, tau = budget_lib.choose_sizes(curves, flat_costs, layer_weights, fraction)
-        meta["threshold"] = tau
-    else:
-        sizes = budget_lib.uniform_sizes(flat_costs, fraction)
+    with clock("prepare"):
+        pruner.prepare(model, adapter, blocks, calibration)
+    dense = None
+    if pruner.captures:
+        with clock("dense pass"):
+            # With propagation the dense pass only draws the sizes: fp32 Grams
+            # (floor ~3e-4 relative) are ample for that and cost less than fp64.
+            dense = capture(model, calibration, _targets(blocks, pruner), backend=backend, desc="dense pass",
+                            precision="fp32" if propagate else "fp64")
+    with clock("sizes"):
+        modules = [_module(model, b, part, dense, backend, ridge) for b in blocks for part in ("attention", "mlp")]
+        choice = pruner.sizes(modules, flat_costs, fraction, adapter)
+    sizes, curves = choice.sizes, choice.curves
+    meta.update(choice.info)
+    del modules
+    if propagate:
+        dense = None  # the propagated pass captures its own; free the dense Grams first
 
     layers, tensors = [], {}
     dtype = next(model.parameters()).dtype
-    replay = LayerReplay(model, adapter.layers_path(model)) if propagate and method == "stat" else None
+    layers_path = adapter.layers_path(model)
+    replay = LayerReplay(model, layers_path) if propagate else None
 
-    def propagated(target, block, label):
-        """Stats of ``target``'s input, computed through the pruned blocks below ``block``.
+    def propagated(block, part):
+        """Stats of ``part``'s input, computed through the pruned blocks below ``block``.
 
         Blocks up to ``replay.depth`` replay their cached outputs; the ones above
         run. When the block just below was pruned since, its outputs are cached
@@ -252,38 +160,33 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         record = below > replay.depth
         replay.install(replay.depth + 1)
         try:
-            got = capture(model, calibration, {"x": target}, backend=backend, replay=replay, desc=label,
-                          outputs_of=f"{layers_path}.{below}" if record else None)
+            got = capture(model, calibration, _targets([block], pruner, part), backend=backend, replay=replay,
+                          desc=f"layer {block.index} {part}", outputs_of=f"{layers_path}.{below}" if record else None)
         finally:
             replay.restore()
         if record:
-            replay.outputs, replay.depth = got["outputs"], below
-        return got["x"]
+            replay.outputs, replay.depth = got.pop("outputs"), below
+        return got
 
-    layers_path = adapter.layers_path(model)
     for b in tqdm(blocks, desc=f"prune ({method})", leave=False, disable=None):
-        k_attn, k_mlp = sizes[2 * b.index], sizes[2 * b.index + 1]
-        n = model.get_submodule(b.mlp_out).in_features
-        if method == "stat":
-            stats = (propagated(b.attn_out, b, f"layer {b.index} attention") if replay
-                     else dense[f"layer {b.index} attention"])
-            attn_kept, W_O, _ = _prune_attention(_stats(stats, backend), model.get_submodule(b.attn_out).weight, b, k_attn, backend, ridge)
-        else:
-            attn_kept, W_O = _magnitude_attention(model, b, k_attn)
-        W_O = W_O.to(dtype)
-        apply_attention(model, adapter, b, attn_kept, W_O)
-        if method == "stat":
-            stats = (propagated(b.mlp_out, b, f"layer {b.index} mlp") if replay
-                     else dense[f"layer {b.index} mlp"])
-            mlp_kept, W2, _ = _prune_mlp(_stats(stats, backend), model.get_submodule(b.mlp_out).weight, k_mlp, backend, ridge)
-        else:
-            mlp_kept, W2 = _magnitude_mlp(model, b, k_mlp)
-        W2 = W2.to(dtype)
-        apply_mlp(model, b, mlp_kept, W2)
-        tensors[f"layer.{b.index}.attn_out.weight"] = W_O.cpu()
-        tensors[f"layer.{b.index}.mlp_out.weight"] = W2.cpu()
+        kept = {}
+        for part, k in (("attention", sizes[2 * b.index]), ("mlp", sizes[2 * b.index + 1])):
+            with clock("capture"):
+                stats = propagated(b, part) if propagate else dense
+            with clock("selection"):
+                units, weight = pruner.select(_module(model, b, part, stats, backend, ridge), k)
+                weight = weight.to(dtype)
+            with clock("rewrite"):
+                if part == "attention":
+                    apply_attention(model, adapter, b, units, weight)
+                else:
+                    apply_mlp(model, b, units, weight)
+            kept[part] = units
+            tensors[f"layer.{b.index}.{'attn' if part == 'attention' else 'mlp'}_out.weight"] = weight.cpu()
         layers.append({
-            "index": b.index, "attn_units": b.units, "attn_kept": attn_kept, "mlp_units": n, "mlp_kept": mlp_kept,
+            "index": b.index, "attn_units": b.units, "attn_kept": kept["attention"],
+            "mlp_units": flat_costs[2 * b.index + 1].units,
+            "mlp_kept": kept["mlp"],
             "attn_residuals": None if curves is None else [float(x) for x in curves[2 * b.index]],
             "mlp_residuals": None if curves is None else [float(x) for x in curves[2 * b.index + 1]],
         })
@@ -292,10 +195,72 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     dense_cost = budget_lib.total_cost([c.units for c in flat_costs], flat_costs)
     meta.update({
         "kept_cost": kept_cost, "dense_cost": dense_cost, "cost_kind": kind,
-        "prune_seconds": time.perf_counter() - start,
+        "prune_seconds": clock.total(), "phase_seconds": clock.seconds,
         "versions": _versions(),
     })
     return PruningPlan(meta, layers, tensors)
+
+
+def _targets(blocks, pruner, only=None):
+    """Capture targets ``{"layer i part": path}``: the output maps' inputs (and the modules' inputs)."""
+    targets = {}
+    for b in blocks:
+        for part, out_path, in_path in (("attention", b.attn_out, b.attn_in[0]), ("mlp", b.mlp_out, b.mlp_in[0])):
+            if only in (None, part):
+                targets[f"layer {b.index} {part}"] = out_path
+                if pruner.needs_inputs:
+                    targets[f"layer {b.index} {part} inputs"] = in_path
+    return targets
+
+
+def _module(model, block, part, captured, backend, ridge) -> ModuleStats:
+    """What a method sees of ``block``'s attention or MLP, with the current weights."""
+    attention = part == "attention"
+    W_out = model.get_submodule(block.attn_out if attention else block.mlp_out).weight
+    W_in = tuple(model.get_submodule(p).weight for p in (block.attn_in if attention else block.mlp_in))
+    label = f"layer {block.index} {part}"
+    recorder = None if captured is None else captured[label]
+    inputs = None if captured is None else captured.get(f"{label} inputs")
+    return ModuleStats(
+        kind=part, layer=block.index, units=block.units if attention else W_out.shape[1],
+        unit_size=block.unit_size if attention else 1, W_out=W_out, W_in=W_in,
+        stats=None if recorder is None else _data(recorder, backend),
+        backend=backend, rows=0 if recorder is None else recorder.rows,
+        mean=None if recorder is None else recorder.mean,
+        inputs=None if inputs is None else _data(inputs, backend),
+        inputs_mean=None if inputs is None else inputs.mean,
+        heads_per_unit=block.heads_per_unit if attention else 1, head_dim=block.head_dim if attention else 0,
+        ridge=ridge,
+    )
+
+
+def _data(recorder, backend):
+    return recorder.gram if backend == "fast" else recorder.matrix
+
+
+class _PhaseClock:
+    """Wall seconds per phase (``with clock("capture"): ...``), synchronising CUDA at the edges."""
+
+    def __init__(self, model):
+        self.device = next(model.parameters()).device
+        self.seconds = {}
+
+    def __call__(self, phase):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+        return timed()
+
+    def total(self):
+        return sum(self.seconds.values())
 
 
 def _versions():

@@ -13,6 +13,7 @@ import statlab
 from statlab.costs import module_costs
 from statlab.models import get_adapter
 from statlab.plan import PruningPlan
+from statlab.methods import unit_energies
 from statlab.reference import budget as budget_lib
 
 
@@ -57,16 +58,19 @@ def test_blocks_describe_kv_groups(kv_heads):
 def test_sparsity_is_met_and_stat_beats_magnitude(kv_heads, tied, sparsity):
     dense = tiny_llama(kv_heads=kv_heads, tied=tied)
     held_out = windows(1, seed=99)[0]["input_ids"]
-    stat_model, mag_model = copy.deepcopy(dense), copy.deepcopy(dense)
+    stat_model, mag_model, act_model = copy.deepcopy(dense), copy.deepcopy(dense), copy.deepcopy(dense)
     plan = statlab.prune(stat_model, windows(), sparsity=sparsity, base="tiny")
     mag = statlab.prune(mag_model, windows(), sparsity=sparsity, method="magnitude", base="tiny")
+    act = statlab.prune(act_model, windows(), sparsity=sparsity, method="activation", base="tiny")
     # the parameter count of the pruned model agrees with the plan's cost model
     removed = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in stat_model.parameters())
     assert removed == pytest.approx(plan.meta["dense_cost"] - plan.meta["kept_cost"])
-    for p in (plan, mag):
+    for p in (plan, mag, act):
         assert p.meta["kept_cost"] <= (1 - sparsity) * p.meta["dense_cost"] + 1e-6
     reference = logits(dense, held_out)
-    assert rel_error(logits(stat_model, held_out), reference) < rel_error(logits(mag_model, held_out), reference)
+    stat_error = rel_error(logits(stat_model, held_out), reference)
+    assert stat_error < rel_error(logits(mag_model, held_out), reference)
+    assert stat_error < rel_error(logits(act_model, held_out), reference)
     if tied:
         assert stat_model.lm_head.weight is stat_model.model.embed_tokens.weight
 
@@ -151,3 +155,35 @@ def test_pre_ln_weights_follow_the_pivot_trend():
     assert w[0] == w.max() > 1.5
     with pytest.raises(ValueError, match="finite"):
         budget_lib.pre_ln_layer_weights([1.0, np.nan])
+
+
+def test_activation_baseline_keeps_the_largest_output_energies():
+    from statlab.capture import capture
+    from statlab.driver import _module
+
+    dense = tiny_llama(kv_heads=2)
+    b = get_adapter(dense).blocks(dense)[1]
+    stats = capture(dense, windows(), {f"layer 1 {p}": path for p, path in (("attention", b.attn_out), ("mlp", b.mlp_out))},
+                    precision="fp32")
+    energy_m = unit_energies(_module(dense, b, "mlp", stats, "fast", 0.0))
+    energy_a = unit_energies(_module(dense, b, "attention", stats, "fast", 0.0))
+    # against the definition: the output of each unit alone
+    with torch.no_grad():
+        Z = torch.cat([x.reshape(-1, 48) for x in _inputs(dense, b.mlp_out, windows())]).double()
+    W = dense.get_submodule(b.mlp_out).weight.detach().double()
+    np.testing.assert_allclose(energy_m, [(Z[:, [j]] @ W[:, [j]].T).square().sum() for j in range(48)], rtol=1e-4)
+    plan = statlab.prune(copy.deepcopy(dense), windows(), sparsity=0.5, method="activation", base="tiny")
+    k_m, k_a = len(plan.layers[1]["mlp_kept"]), len(plan.layers[1]["attn_kept"])
+    assert plan.layers[1]["mlp_kept"] == np.argsort(-energy_m, kind="stable")[:k_m].tolist()
+    assert plan.layers[1]["attn_kept"] == np.argsort(-energy_a, kind="stable")[:k_a].tolist()
+
+
+def _inputs(model, path, batches):
+    seen = []
+    handle = model.get_submodule(path).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        for batch in batches:
+            model(**batch, use_cache=False)
+    finally:
+        handle.remove()
+    return seen

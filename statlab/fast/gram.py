@@ -80,6 +80,7 @@ class GramAccumulator:
         self.name = name
         self._upper = torch.zeros(n, n, dtype=self.dtype, device=device)  # valid on and above the diagonal
         self._gram = None
+        self._sum = torch.zeros(n, dtype=torch.float64, device=device)
         slices = SLICES if n >= MIN_SLICED else 1
         self._bounds = [i * n // slices for i in range(slices + 1)]
         self.rows = 0
@@ -87,6 +88,11 @@ class GramAccumulator:
     @property
     def n(self) -> int:
         return self._upper.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Column means of the accumulated rows, fp64, shape (n,)."""
+        return self._sum / max(self.rows, 1)
 
     @property
     def gram(self) -> torch.Tensor:
@@ -121,6 +127,7 @@ class GramAccumulator:
         with matmul_precision(self.precision, self._upper.device):
             for lo, hi in zip(b[:-1], b[1:]):
                 self._upper[lo:hi, lo:].addmm_(Z[:, lo:hi].T, Z[:, lo:])
+        self._sum += Z.sum(dim=0, dtype=torch.float64)
         self._gram = None
         # NaN and Inf reach the diagonal sum(z^2): one reduction of n numbers checks the batch
         if not torch.isfinite(self._upper.diagonal().sum()):

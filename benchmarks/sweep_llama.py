@@ -1,0 +1,92 @@
+"""WikiText-2 perplexity of a pruned decoder over methods and sparsities; prints one JSON document.
+
+Calibration: ``--windows`` windows of ``--window`` tokens from WikiText-2
+validation; evaluation: the first whole test windows up to ``--max-tokens``.
+Example (the README's SmolLM2 table):
+
+    python benchmarks/sweep_llama.py --methods stat,activation,magnitude \\
+        --sparsities 0.1,0.2,0.3,0.4,0.5 --windows 32 --max-tokens 16384 \\
+        --plot benchmarks/results/smollm2_sparsity.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--methods", default="stat,activation,magnitude")
+    parser.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5")
+    parser.add_argument("--windows", type=int, default=32, help="calibration windows")
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--plot", help="save a perplexity-vs-sparsity plot here")
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+
+    import statlab
+    from statlab.cli import calibration_batches
+    from statlab.costs import block_macs
+    from statlab.data import token_windows
+    from statlab.evaluate import count_parameters, perplexity
+    from statlab.models.loading import load_model
+
+    transformers.logging.set_verbosity_error()
+    dense, tokenizer = load_model(args.model)
+    test = token_windows(tokenizer, "test", window=args.window, max_tokens=args.max_tokens)
+    batches, calib = calibration_batches(tokenizer, "wikitext2", size=args.windows, window=args.window)
+
+    def evaluate(model):
+        return {**perplexity(model, test, disable_progress=True), "macs": block_macs(model, args.window),
+                "params": count_parameters(model)}
+
+    results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
+    print(json.dumps(results[0]), file=sys.stderr, flush=True)
+    for method in args.methods.split(","):
+        for sparsity in map(float, args.sparsities.split(",")):
+            model = copy.deepcopy(dense)
+            start = time.perf_counter()
+            plan = statlab.prune(model, batches, sparsity=sparsity, method=method, seq_len=args.window,
+                                 base=args.model)
+            row = {"method": method, "sparsity": sparsity, "prune_seconds": round(time.perf_counter() - start, 1),
+                   "kept": plan.kept_fraction(), **evaluate(model)}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            results.append(row)
+    machine = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    document = {"sweep": vars(args), "calibration": calib, "machine": machine, "results": results}
+    print(json.dumps(document, indent=1))
+    if args.plot:
+        plot(document, args.plot)
+
+
+def plot(document, path):
+    from statlab.plots import save_figure
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dense = next(r for r in document["results"] if r["method"] == "dense")
+    ax.axhline(dense["perplexity"], color="gray", ls="--", label=f"dense {dense['perplexity']:.1f}")
+    for method in dict.fromkeys(r["method"] for r in document["results"] if r["method"] != "dense"):
+        rows = [r for r in document["results"] if r["method"] == method]
+        ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=method)
+    ax.set_yscale("log")
+    ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")
+    ax.set_ylabel("WikiText-2 test perplexity")
+    sweep = document["sweep"]
+    ax.set_title(f"{sweep['model']}: {sweep['windows']}×{sweep['window']} calibration tokens, "
+                 f"{dense['tokens']} test tokens", fontsize=9)
+    ax.legend()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

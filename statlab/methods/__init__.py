@@ -1,0 +1,25 @@
+"""Pruning methods behind one driver (DESIGN §1.5): a comparison changes one word.
+
+``stat`` (the method of this project), and the baselines ``activation``,
+``magnitude`` and ``random``. See :class:`~statlab.methods.base.PruningMethod`
+for what a method provides.
+"""
+
+from __future__ import annotations
+
+from .base import ModuleStats, PruningMethod, SizeChoice, keep_top, unit_columns, unit_energies
+from .baselines import Activation, Magnitude, Random
+from .stat import Stat
+
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Stat, Activation, Magnitude, Random)}
+
+
+def get_method(name: str, **options) -> PruningMethod:
+    """An instance of the method called ``name``; a clear error listing the known ones otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {name!r}")
+    return METHODS[name](**options)
+
+
+__all__ = ["METHODS", "get_method", "PruningMethod", "ModuleStats", "SizeChoice", "keep_top", "unit_columns",
+           "unit_energies", "Stat", "Activation", "Magnitude", "Random"]

@@ -1,0 +1,161 @@
+"""The ``PruningMethod`` protocol: what differs between STAT and its peers (DESIGN §1.5).
+
+The driver owns everything the methods share — capture, the budget's cost
+model, propagation through pruned layers, surgery and plans. A method only
+
+1. says what it needs captured (``captures``, ``needs_inputs``) and whether its
+   pruning pass wants activations propagated through the pruned layers below
+   (``propagates``);
+2. turns the dense pass into per-module sizes that meet the budget (``sizes``);
+3. for one module and its size, returns the kept units and the new output
+   map (``select``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from statlab.reference import budget as budget_lib
+
+
+@dataclass
+class ModuleStats:
+    """One prunable module as a method sees it.
+
+    Attributes
+    ----------
+    kind : {"attention", "mlp"}
+    layer : int
+    units : int
+        Heads / KV groups, or neurons.
+    unit_size : int
+        Input columns of ``W_out`` per unit (``heads_per_unit · head_dim``; 1 for neurons).
+    W_out : Tensor, shape (out, units · unit_size)
+        The output map (``W_O`` or ``W2`` / ``down_proj``), current weights.
+    W_in : tuple of Tensor
+        The maps whose output rows belong to units (``W_Q, W_K, W_V`` or
+        ``W1`` / ``gate, up``), each of shape (units · rows_per_unit, d).
+    stats : Tensor (n, n) or ndarray (N, n)
+        Gram ``Z^T Z`` of ``W_out``'s input (fast backend) or the activations
+        ``Z`` themselves (reference backend); padding excluded.
+    backend : {"fast", "reference"}
+    rows : int
+        Tokens behind ``stats``.
+    mean : Tensor or ndarray, shape (n,), optional
+        Mean of ``W_out``'s input over those tokens.
+    inputs : Tensor (d, d) or ndarray (N, d), optional
+        Gram (or matrix) of the module's input ``x`` (input of ``W_in``), when
+        the method sets ``needs_inputs``.
+    inputs_mean : shape (d,), optional
+    heads_per_unit, head_dim : int
+        Attention only (1 and 0 for MLPs).
+    ridge : float
+        Relative ridge of least-squares corrections.
+    """
+
+    kind: str
+    layer: int
+    units: int
+    unit_size: int
+    W_out: torch.Tensor
+    W_in: tuple
+    stats: object
+    backend: str
+    rows: int
+    mean: object = None
+    inputs: object = None
+    inputs_mean: object = None
+    heads_per_unit: int = 1
+    head_dim: int = 0
+    ridge: float = 0.0
+
+    def gram(self) -> torch.Tensor:
+        """``Z^T Z`` in fp64 as a tensor, whichever the backend."""
+        if self.backend == "fast":
+            return self.stats.to(torch.float64)
+        return torch.from_numpy(self.stats.T @ self.stats)
+
+
+@dataclass
+class SizeChoice:
+    """Per-module sizes (order: layer 0 attention, layer 0 MLP, layer 1 attention, ...) and what set them."""
+
+    sizes: list
+    curves: list | None = None
+    info: dict = field(default_factory=dict)
+
+
+class PruningMethod:
+    """Base class: uniform sizes, and the hooks a method overrides.
+
+    Attributes
+    ----------
+    name : str
+    captures : bool
+        Needs a dense pass over the calibration data (False: weights only).
+    needs_inputs : bool
+        Also capture the Gram of each module's input ``x``.
+    propagates : bool
+        With ``propagate=True``, the pruning pass recomputes each module's
+        statistics through the already pruned layers below.
+    """
+
+    name = ""
+    captures = True
+    needs_inputs = False
+    propagates = False
+
+    def __init__(self, *, seed: int = 0, ridge: float = 0.0):
+        self.seed = seed
+        self.ridge = ridge
+
+    def prepare(self, model, adapter, blocks, calibration) -> None:
+        """Per-run state computed from the dense model before anything is pruned (default: none)."""
+
+    def sizes(self, modules: list, costs: list, fraction: float, adapter) -> SizeChoice:
+        """Sizes meeting ``fraction`` of the cost; default the same fraction everywhere.
+
+        ``modules`` holds the dense pass's :class:`ModuleStats` (None entries
+        when the method captures nothing).
+        """
+        return SizeChoice(budget_lib.uniform_sizes(costs, fraction))
+
+    def select(self, module: ModuleStats, k: int) -> tuple[list, torch.Tensor]:
+        """Keep ``k`` units: ``(kept unit indices, new W_out (out, k · unit_size) in fp64)``."""
+        raise NotImplementedError
+
+
+def unit_columns(units, unit_size: int) -> torch.Tensor:
+    """Input columns of ``W_out`` owned by ``units``: (len(units) · unit_size,)."""
+    units = torch.as_tensor(units, dtype=torch.int64)
+    return (units[:, None] * unit_size + torch.arange(unit_size)).reshape(-1)
+
+
+def keep_top(module: ModuleStats, scores, k: int) -> tuple[list, torch.Tensor]:
+    """The ``k`` units of largest score, ``W_out`` restricted to them (no correction)."""
+    scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    order = torch.argsort(scores, descending=True, stable=True)[:k]
+    W = module.W_out.detach().cpu().double()
+    return order.tolist(), W[:, unit_columns(order, module.unit_size)]
+
+
+def unit_energies(module: ModuleStats) -> np.ndarray:
+    """Output energy of every unit alone, ``||Z_u W_u^T||_F²``: shape (units,).
+
+    ``Σ_{a, b ∈ u} (W_u^T W_u)_ab G_ab`` from the Gram's diagonal blocks (fast
+    backend) or from the activations (reference).
+    """
+    u, units = module.unit_size, module.units
+    if module.backend == "fast":
+        G = module.stats.to(torch.float64)
+        W = module.W_out.detach().to(device=G.device, dtype=torch.float64)
+        blocks = G.reshape(units, u, units, u).diagonal(dim1=0, dim2=2)  # (u, u, units)
+    else:
+        Z = torch.from_numpy(np.asarray(module.stats, dtype=np.float64)).reshape(-1, units, u)
+        W = module.W_out.detach().to(dtype=torch.float64, device="cpu")
+        blocks = torch.einsum("nia,nib->abi", Z, Z)
+    Wb = W.reshape(W.shape[0], units, u)
+    return (torch.einsum("oia,oib->abi", Wb, Wb) * blocks).sum(dim=(0, 1)).cpu().numpy()

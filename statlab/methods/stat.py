@@ -1,0 +1,71 @@
+"""STAT (DESIGN §1.2–1.4): interpolative decompositions, least-squares corrections, sizes from error curves.
+
+Sizes: each module's relative output-error curve ``r(k)`` from the dense pass,
+weighted per layer (:func:`layer_weights`), and one threshold bisected to meet
+the budget (:func:`statlab.reference.budget.choose_sizes`). Selection: the ID
+of the (propagated) activations at that size, with the correction folded into
+``W_out`` — by :mod:`statlab.fast` on Grams or :mod:`statlab.reference` on
+matrices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from statlab.fast import heads as fast_heads
+from statlab.fast import mlp as fast_mlp
+from statlab.reference import budget as budget_lib
+from statlab.reference import heads as ref_heads
+from statlab.reference import mlp as ref_mlp
+
+from .base import ModuleStats, PruningMethod, SizeChoice, unit_energies
+
+
+def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
+    """``(kept units, W_out' fp64 tensor, residual curve or None)`` of one module at ``k`` units."""
+    W = module.W_out
+    if module.backend == "fast":
+        if module.kind == "attention":
+            r = fast_heads.prune_heads(module.stats, W, module.unit_size, k, ridge=module.ridge, curve=curve)
+        else:
+            r = fast_mlp.prune_mlp(module.stats, W, k, ridge=module.ridge, curve=curve)
+        residuals = None if r.residuals is None else r.residuals.cpu().numpy()
+        return r.idx.tolist(), r.weight, residuals
+    W = W.detach().cpu().double().numpy()
+    if module.kind == "attention":
+        r = ref_heads.prune_heads(module.stats, W, module.unit_size, k, ridge=module.ridge, curve=curve)
+    else:
+        r = ref_mlp.prune_mlp(module.stats, W, k, ridge=module.ridge, curve=curve)
+    return r.idx.tolist(), torch.from_numpy(r.weight), r.residuals
+
+
+def layer_weights(modules: list, adapter) -> np.ndarray:
+    """Error weight of every module (layer 0 attention, layer 0 MLP, layer 1 attention, ...).
+
+    Post-LN encoders: STAT's depth weighting
+    (:func:`~statlab.reference.budget.post_ln_layer_weights`). Pre-LN decoders:
+    each family's largest pivots — the output norm of its most important unit,
+    ``max_u ||Z_u W_u^T||`` — over their exponential trend
+    (:func:`~statlab.reference.budget.pre_ln_layer_weights`).
+    """
+    layers = len(modules) // 2
+    if adapter.norm_position == "post":
+        return np.repeat(budget_lib.post_ln_layer_weights(layers), 2)
+    pivots = np.sqrt([unit_energies(m).max() for m in modules]).reshape(layers, 2)
+    weights = [budget_lib.pre_ln_layer_weights(pivots[:, j]) for j in range(2)]
+    return np.stack(weights, axis=1).reshape(-1)
+
+
+class Stat(PruningMethod):
+    name = "stat"
+    propagates = True
+
+    def sizes(self, modules, costs, fraction, adapter):
+        curves = [prune_module(m, m.units, curve=True)[2] for m in modules]
+        sizes, tau = budget_lib.choose_sizes(curves, costs, layer_weights(modules, adapter), fraction)
+        return SizeChoice(sizes, curves, {"threshold": tau})
+
+    def select(self, module, k):
+        kept, weight, _ = prune_module(module, k)
+        return kept, weight
