@@ -1,4 +1,4 @@
-"""The ``statlab`` command line: ``prune``, ``eval``, ``demo``, ``id-demo``.
+"""The ``statlab`` command line: ``prune``, ``eval``, ``compare``, ``demo``, ``id-demo``.
 
 Every command takes ``--json`` for one machine-readable object on stdout (the
 human-readable report then goes to stderr) and shows tqdm bars on long steps.
@@ -109,7 +109,7 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
     whole split on a GPU; None: the whole split); the metrics say how many tokens.
     """
     from statlab.costs import block_macs
-    from statlab.evaluate import count_parameters, evaluate_task, fit_probe
+    from statlab.evaluate import count_parameters, fit_probe
     from statlab.models.loading import load_model
     from statlab.plan import PruningPlan
 
@@ -130,13 +130,20 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
     if plan is not None:
         plan.apply(model)
-    if task == "wikitext2":
-        metrics = decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
-    else:
-        metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
-        metrics.pop("task", None)
+    metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window, max_tokens=max_tokens)
     return {"task": task, "metrics": metrics, "macs": block_macs(model, seq_len), "dense_macs": dense_macs,
             "params": count_parameters(model), "dense_params": dense_params, "seq_len": seq_len}
+
+
+def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAULT_WINDOW, max_tokens="auto"):
+    """The metrics of an in-memory model on ``task`` (a probe fitted on the dense model for sst2/mrpc)."""
+    from statlab.evaluate import evaluate_task
+
+    if task == "wikitext2":
+        return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
+    metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
+    metrics.pop("task", None)
+    return metrics
 
 
 def decoder_perplexity(model, tokenizer, *, window=DEFAULT_WINDOW, max_tokens="auto", batch_size=None):
@@ -170,6 +177,20 @@ def run_eval(args) -> dict:
     return result
 
 
+def run_compare(args) -> dict:
+    from statlab import compare
+
+    say = _report(args)
+    _quiet_transformers()
+    result = compare.compare(args.model, args.task, args.methods.split(","), [float(b) for b in args.budgets.split(",")],
+                             calibration_size=args.calibration_size, seed=args.seed, window=args.window,
+                             max_tokens=args.max_tokens, limit=args.limit, say=say)
+    say(compare.table(result))
+    if args.plot:
+        say(f"plot: {compare.plot(result, args.plot)}")
+    return result
+
+
 def run_demo(args) -> dict:
     from statlab import demo
 
@@ -182,6 +203,16 @@ def run_id_demo(args) -> dict:
 
     result = id_demo.run(sentences=args.sentences, seed=args.seed, out=args.out)
     return {k: v for k, v in result.items() if k != "table"}
+
+
+def _max_tokens(value: str):
+    """``--max-tokens``: a positive count, 0 for all tokens, or ``auto`` (CPU default, all on a GPU)."""
+    if value == "auto":
+        return value
+    count = int(value)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"--max-tokens must be 0 (all), a positive count or auto, got {value}")
+    return None if count == 0 else count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,12 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="evaluate on this many dev examples only")
     e.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help=f"wikitext2: perplexity window in tokens (default {DEFAULT_WINDOW}; 2048 in the Llama-2 protocol)")
-    e.add_argument("--max-tokens", type=lambda v: None if int(v) == 0 else int(v), default="auto",
+    e.add_argument("--max-tokens", type=_max_tokens, default="auto",
                    help=f"wikitext2: evaluate the first whole windows up to this many tokens (default "
                         f"{CPU_MAX_TOKENS} on CPU, all on GPU; 0: all)")
     e.add_argument("--seed", type=int, default=0, help="seed of the probe (sst2, mrpc)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=run_eval)
+
+    c = sub.add_parser("compare", help="every method at every MAC budget on one task: table, JSON, plot")
+    c.add_argument("--model", required=True)
+    c.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
+    c.add_argument("--methods", default="stat,activation,magnitude,random",
+                   help="comma-separated names (stat, goa, slimllm, activation, magnitude, random)")
+    c.add_argument("--budgets", default="0.8,0.6,0.5", help="comma-separated MAC fractions kept")
+    c.add_argument("--calibration-size", type=int, help="sentences (encoders) or windows (wikitext2)")
+    c.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    c.add_argument("--max-tokens", type=_max_tokens, default="auto")
+    c.add_argument("--limit", type=int, help="encoder tasks: evaluate on this many dev examples only")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--plot", help="save the metric-vs-budget plot here (PNG)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=run_compare)
 
     d = sub.add_parser("demo", help="the main job: prune the bundled MiniLM encoder and show the result")
     d.add_argument("--mac-fraction", type=float, default=0.5)

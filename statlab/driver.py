@@ -23,6 +23,7 @@ from statlab.reference import budget as budget_lib
 
 from .capture import LayerReplay, capture
 from .costs import module_costs
+from .fast.gram import accumulation_dtype
 from .methods import METHODS, ModuleStats, get_method
 from .models import get_adapter
 from .plan import PruningPlan, apply_attention, apply_mlp, config_hash, weights_fingerprint
@@ -65,7 +66,7 @@ def _check_calibration(calibration, blocks, model):
 
 
 def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast", method="stat",
-          seed=0, propagate=True, ridge=0.0, seq_len=None, base=None) -> PruningPlan:
+          seed=0, propagate=True, ridge=0.0, seq_len=None, base=None, precision="fp64") -> PruningPlan:
     """Prune ``model`` in place to a budget and return the plan that reproduces it.
 
     Parameters
@@ -98,6 +99,13 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         Reference length of the MAC model; default the calibration's longest batch.
     base : str, optional
         Name or path that reloads the dense model (default ``model.name_or_path``).
+    precision : {"fp64", "fp32", "tf32"}
+        Accumulation of the Grams the selections and corrections come from.
+        fp64 (default) where the hardware runs it at speed (CPU; A100/H100/H200
+        tensor cores); fp32, or tf32 on CUDA, as the opt-in elsewhere (see
+        :class:`statlab.fast.GramAccumulator` for the accuracy of each). With
+        propagation the dense pass, which only sets the sizes, uses fp32 when
+        this is fp64. Factorisations always run in fp64.
 
     Returns
     -------
@@ -106,6 +114,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     budget, fraction = _check_budget(mac_fraction, sparsity)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    accumulation_dtype(precision)  # a clear error for an unknown precision before any work
     pruner = get_method(method, seed=seed, ridge=ridge)
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
@@ -118,7 +127,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         "fingerprint": weights_fingerprint(model, blocks),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "budget": budget, "method": method, "backend": backend, "seed": seed,
-        "propagate": propagate, "ridge": ridge, "seq_len": seq_len,
+        "propagate": propagate, "ridge": ridge, "seq_len": seq_len, "precision": precision,
         "calibration": {"hash": calib_hash, "batches": len(calibration), "tokens": tokens},
     }
     kind = "macs" if "mac_fraction" in budget else "params"
@@ -134,7 +143,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
             # With propagation the dense pass only draws the sizes: fp32 Grams
             # (floor ~3e-4 relative) are ample for that and cost less than fp64.
             dense = capture(model, calibration, _targets(blocks, pruner), backend=backend, desc="dense pass",
-                            precision="fp32" if propagate else "fp64")
+                            precision="fp32" if propagate and precision == "fp64" else precision)
     with clock("sizes"):
         modules = [_module(model, b, part, dense, backend, ridge) for b in blocks for part in ("attention", "mlp")]
         choice = pruner.sizes(modules, flat_costs, fraction, adapter)
@@ -161,6 +170,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         replay.install(replay.depth + 1)
         try:
             got = capture(model, calibration, _targets([block], pruner, part), backend=backend, replay=replay,
+                          precision=precision,
                           desc=f"layer {block.index} {part}", outputs_of=f"{layers_path}.{below}" if record else None)
         finally:
             replay.restore()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from .base import ModuleStats, PruningMethod, SizeChoice, keep_top, unit_columns, unit_energies
 from .baselines import Activation, Magnitude, Random
+from .goa import Goa
+from .slimllm import SlimLLM
 from .stat import Stat
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Stat, Activation, Magnitude, Random)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Stat, Goa, SlimLLM, Activation, Magnitude, Random)}
 
 
 def get_method(name: str, **options) -> PruningMethod:
@@ -22,4 +24,4 @@ def get_method(name: str, **options) -> PruningMethod:
 
 
 __all__ = ["METHODS", "get_method", "PruningMethod", "ModuleStats", "SizeChoice", "keep_top", "unit_columns",
-           "unit_energies", "Stat", "Activation", "Magnitude", "Random"]
+           "unit_energies", "Stat", "Goa", "SlimLLM", "Activation", "Magnitude", "Random"]

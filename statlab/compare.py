@@ -1,0 +1,127 @@
+"""One harness for every method: same model, calibration and budgets; a table, JSON and a plot.
+
+``statlab compare --model M --task T --methods stat,goa,... --budgets 0.8,0.6,0.5``
+prunes a fresh copy of the dense model for every (method, MAC budget), evaluates
+it on ``task`` and times the prune. Encoder tasks use one probe fitted on the
+dense model (sst2, mrpc); ``wikitext2`` reports perplexity on the first test
+windows (the token count is in every row).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from tqdm import tqdm
+
+# the metric each task is judged by, and whether larger is better
+HEADLINE = {"stsb": ("spearman", True), "sst2": ("accuracy", True), "mrpc": ("f1", True),
+            "wikitext2": ("perplexity", False)}
+
+
+def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0, window=512,
+            max_tokens="auto", limit=None, say=print) -> dict:
+    """Prune ``model_name`` with every method at every MAC budget; evaluate each on ``task``.
+
+    Parameters
+    ----------
+    model_name : str
+        Short name, hub id or path (:func:`statlab.models.loading.load_model`).
+    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    methods : list of str
+        Names in :data:`statlab.methods.METHODS`.
+    budgets : list of float
+        MAC fractions kept, in (0, 1].
+
+    Returns
+    -------
+    dict
+        ``{"model", "task", "calibration", "dense": {...}, "results": [{"method", "budget", "metrics",
+        "macs", "params", "prune_seconds", "kept"}]}``.
+    """
+    import statlab
+    from statlab.cli import calibration_batches, cost_seq_len, task_metrics
+    from statlab.costs import block_macs
+    from statlab.evaluate import count_parameters
+    from statlab.methods import METHODS
+    from statlab.models.loading import load_model
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    bad = [b for b in budgets if not 0 < b <= 1]
+    if bad:
+        raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
+    dense, tokenizer = load_model(model_name)
+    seq_len = cost_seq_len(task, window)
+    batches, calib = calibration_batches(tokenizer, task, size=calibration_size, seed=seed, window=window)
+    probe = None
+    if task in ("sst2", "mrpc"):
+        from statlab.evaluate import fit_probe
+
+        probe = fit_probe(dense, tokenizer, task, seed=seed)
+
+    def measure(model):
+        return {"metrics": task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
+                                        max_tokens=max_tokens),
+                "macs": block_macs(model, seq_len), "params": count_parameters(model)}
+
+    say(f"calibration: {calib['examples']} {calib['source']} ({calib['tokens']} tokens); evaluating dense")
+    result = {"model": model_name, "task": task, "calibration": calib, "seq_len": seq_len,
+              "dense": measure(dense), "results": []}
+    runs = [(m, b) for m in methods for b in budgets]
+    for method, budget in tqdm(runs, desc="compare", disable=None):
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        plan = statlab.prune(model, batches, mac_fraction=budget, method=method, seed=seed, seq_len=seq_len,
+                             base=model_name)
+        seconds = time.perf_counter() - start
+        row = {"method": method, "budget": budget, **measure(model), "prune_seconds": round(seconds, 2),
+               "kept": plan.kept_fraction()}
+        result["results"].append(row)
+        del model
+    return result
+
+
+def table(result) -> str:
+    """A fixed-width table of a :func:`compare` result: one row per budget, one column per method."""
+    key, larger = HEADLINE[result["task"]]
+    methods = list(dict.fromkeys(r["method"] for r in result["results"]))
+    budgets = sorted({r["budget"] for r in result["results"]}, reverse=True)
+    cell = {(r["method"], r["budget"]): r for r in result["results"]}
+    head = f"{'MACs kept':>9} | " + " | ".join(f"{m:>16}" for m in methods)
+    lines = [f"{result['model']} on {result['task']}: {key} ({'higher' if larger else 'lower'} is better); "
+             f"dense {result['dense']['metrics'][key]:.4f}", head, "-" * len(head)]
+    for b in budgets:
+        row = []
+        for m in methods:
+            r = cell.get((m, b))
+            row.append(f"{r['metrics'][key]:>9.4f} ({r['prune_seconds']:>4.0f}s)" if r else f"{'':>16}")
+        lines.append(f"{b:>9.2f} | " + " | ".join(row))
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    """Metric against MAC budget, one line per method; saved atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from statlab.plots import save_figure
+
+    key, larger = HEADLINE[result["task"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axhline(result["dense"]["metrics"][key], color="gray", ls="--", label="dense")
+    for method in dict.fromkeys(r["method"] for r in result["results"]):
+        rows = sorted((r for r in result["results"] if r["method"] == method), key=lambda r: r["budget"])
+        ax.plot([r["budget"] for r in rows], [r["metrics"][key] for r in rows], "o-", label=method)
+    if not larger:
+        ax.set_yscale("log")
+    ax.set_xlabel("fraction of block MACs kept")
+    ax.set_ylabel(f"{result['task']} {key}")
+    ax.set_title(f"{result['model']}: {result['calibration']['tokens']} calibration tokens", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    plt.close(fig)
+    return path
