@@ -60,3 +60,10 @@ def test_environment_yml_agrees_with_pyproject():
     extras = next(p for p in pip if p.startswith("-e"))
     for extra in project["optional-dependencies"]:
         assert extra in extras, f"environment.yml does not install the [{extra}] extra"
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    """A subpackage missing from `packages` works in the editable install and vanishes from the wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "statlab").rglob("__init__.py")}
+    assert found | {"statlab.reference"} == listed

@@ -1,0 +1,57 @@
+"""The comparison harness: table and plot from a result, bad input; one real run (marked `weights`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from statlab import cli, compare
+
+from .conftest import HAS_MINILM
+
+
+def fake_result(task="stsb"):
+    key = compare.HEADLINE[task][0]
+    rows = [{"method": m, "budget": b, "metrics": {key: v}, "macs": 1.0, "params": 1, "prune_seconds": 1.0,
+             "kept": {}} for m, b, v in (("stat", 0.8, 0.86), ("stat", 0.5, 0.84), ("random", 0.8, 0.7),
+                                          ("random", 0.5, 0.5))]
+    return {"model": "m", "task": task, "calibration": {"tokens": 10}, "dense": {"metrics": {key: 0.87}},
+            "results": rows}
+
+
+def test_table_has_a_row_per_budget_and_a_column_per_method():
+    lines = compare.table(fake_result()).splitlines()
+    assert "spearman (higher is better); dense 0.8700" in lines[0]
+    assert lines[1].split("|")[1].strip() == "stat" and lines[1].split("|")[2].strip() == "random"
+    assert lines[3].startswith("     0.80") and "0.8600" in lines[3] and "0.7000" in lines[3]
+    assert lines[4].startswith("     0.50") and "0.8400" in lines[4] and "0.5000" in lines[4]
+
+
+def test_plot_is_written(tmp_path):
+    path = compare.plot(fake_result("wikitext2"), tmp_path / "p.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--methods", "stat,nope"], "unknown methods ['nope']"),
+    (["--budgets", "0.5,1.5"], "MAC budgets must lie in (0, 1]"),
+])
+def test_bad_input_is_refused(argv, message, capsys):
+    assert cli.main(["compare", "--model", "minilm", "--task", "stsb", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.weights
+@pytest.mark.skipif(not HAS_MINILM or not os.environ.get("STATLAB_DATA_DIR"), reason="needs MiniLM and the data")
+def test_compare_on_minilm(tmp_path, capsys):
+    plot = tmp_path / "cmp.png"
+    assert cli.main(["compare", "--model", "minilm", "--task", "stsb", "--methods", "stat,random",
+                     "--budgets", "0.6", "--calibration-size", "64", "--limit", "100", "--plot", str(plot),
+                     "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["budget"]) for r in result["results"]] == [("stat", 0.6), ("random", 0.6)]
+    assert all(r["macs"] <= 0.6 * result["dense"]["macs"] for r in result["results"])
+    assert set(result["results"][0]) >= {"method", "budget", "metrics", "macs", "params", "prune_seconds"}
+    assert plot.is_file()
