@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -84,13 +85,16 @@ FAMILIES = {
 }
 
 
-def _prune(family, method, fraction=0.5, **kwargs):
+@functools.lru_cache(maxsize=None)
+def _prune(family, method, fraction=0.5, backend="fast", propagate=True):
+    """``(plan, relative output error on held-out data)`` of one seeded run (cached: several tests share runs)."""
     make, data = FAMILIES[family]
     dense = make()
     model = copy.deepcopy(dense)
-    plan = statlab.prune(model, data(), mac_fraction=fraction, method=method, base="tiny", **kwargs)
+    plan = statlab.prune(model, data(4), mac_fraction=fraction, method=method, base="tiny", backend=backend,
+                         propagate=propagate)
     held_out = data(1, seed=99)[0]
-    return plan, rel_error(outputs(model, held_out), outputs(dense, held_out)), model
+    return plan, rel_error(outputs(model, held_out), outputs(dense, held_out))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -104,8 +108,8 @@ def test_registered():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("method", PEERS)
 def test_budget_is_met_and_beats_random(family, method):
-    plan, error, _ = _prune(family, method)
-    _, random_error, _ = _prune(family, "random")
+    plan, error = _prune(family, method)
+    _, random_error = _prune(family, "random")
     assert plan.meta["kept_cost"] <= 0.5 * plan.meta["dense_cost"] + 1e-6
     assert plan.meta["kept_cost"] >= 0.35 * plan.meta["dense_cost"]
     assert np.isfinite(error) and error < random_error
@@ -114,8 +118,8 @@ def test_budget_is_met_and_beats_random(family, method):
 @pytest.mark.parametrize("family", ["bert", "llama-gqa"])
 @pytest.mark.parametrize("method", PEERS)
 def test_backends_agree(family, method):
-    fast, fast_error, _ = _prune(family, method, backend="fast")
-    ref, ref_error, _ = _prune(family, method, backend="reference")
+    fast, fast_error = _prune(family, method, backend="fast")
+    ref, ref_error = _prune(family, method, backend="reference")
     assert [l["attn_kept"] for l in fast.layers] == [l["attn_kept"] for l in ref.layers]
     assert [l["mlp_kept"] for l in fast.layers] == [l["mlp_kept"] for l in ref.layers]
     assert abs(fast_error - ref_error) <= 1e-3 * ref_error + 1e-5
@@ -123,19 +127,20 @@ def test_backends_agree(family, method):
 
 @pytest.mark.parametrize("method", PEERS)
 def test_one_pass_variant_and_extremes(method):
-    plan, error, _ = _prune("bert", method, propagate=False)
+    plan, error = _prune("bert", method, propagate=False)
     assert plan.meta["kept_cost"] <= 0.5 * plan.meta["dense_cost"] + 1e-6 and np.isfinite(error)
-    _, error, _ = _prune("llama-gqa", method, fraction=1.0)
+    _, error = _prune("llama-gqa", method, fraction=1.0)
     assert error < 1e-5  # full budget: every unit kept, the recovery is the identity
-    plan, error, model = _prune("distilbert", method, fraction=1e-6)
+    plan, error = _prune("distilbert", method, fraction=1e-6)
     assert all(not l["attn_kept"] and not l["mlp_kept"] for l in plan.layers) and np.isfinite(error)
 
 
 def test_slimllm_sizes_follow_the_layer_similarity():
-    plan, _, _ = _prune("bert", "slimllm", fraction=0.6)
+    plan, _ = _prune("bert", "slimllm")
     sim, ratios = plan.meta["slimllm_layer_similarity"], plan.meta["slimllm_layer_ratios"]
-    assert (ratios[0] - ratios[1]) * (sim[0] - sim[1]) >= 0  # the more similar layer is pruned more
-    assert plan.meta["kept_cost"] <= 0.6 * plan.meta["dense_cost"] + 1e-6
+    assert ratios[0] != ratios[1] and (ratios[0] - ratios[1]) * (sim[0] - sim[1]) > 0  # more similar: pruned more
+    sizes = [(len(l["attn_kept"]), len(l["mlp_kept"])) for l in plan.layers]
+    assert (sizes[0][1] - sizes[1][1]) * (sim[0] - sim[1]) <= 0
 
 
 # --------------------------------------------------------------------------- GOA formulas

@@ -77,6 +77,10 @@ deviation:
   the driver hands it no statistics exactly when it does not propagate; GOA
   then captures the dense statistics itself and the recovery reduces to the
   least-squares interpolation on the dense Gram (``E = 0``).
+- **Post-LN encoders** (BERT, DistilBERT): the depth-2 module ends at the
+  output map, before the residual sum and the LayerNorm, as in the pre-LN
+  decoders the paper prunes; scores and re-fit target that map's output
+  (``Y2``), so post-LN needs no change. The LayerNorm after it is not re-fitted.
 - **Sizes**: the paper's main results use the same ratio in every module
   (FLAP's "UL-UM" setting, seed 003 Table 3; its "ML-MM" setting is not
   described), so the sizes are uniform (:func:`~statlab.reference.budget.uniform_sizes`).
