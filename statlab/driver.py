@@ -6,7 +6,9 @@
    the budget (MACs at a reference length, or parameters).
 3. Bottom-up, each block is pruned at its size from activations recomputed
    through the already pruned blocks below (``propagate=True``), so each
-   correction also absorbs the error arriving from below.
+   selection and correction is fitted on the inputs the pruned model will
+   feed the module (it reproduces the unpruned module on those inputs; it
+   does not aim at the dense model's output).
 """
 
 from __future__ import annotations
