@@ -74,9 +74,20 @@ class ModuleStats:
 
     def gram(self) -> torch.Tensor:
         """``Z^T Z`` in fp64 as a tensor, whichever the backend."""
-        if self.backend == "fast":
-            return self.stats.to(torch.float64)
-        return torch.from_numpy(self.stats.T @ self.stats)
+        return gram_of(self.stats, self.backend)
+
+
+def gram_of(data, backend: str, device=None) -> torch.Tensor:
+    """fp64 Gram of captured data: a Gram tensor as it is (fast backend) or ``X^T X`` of a matrix (reference).
+
+    A fast-backend Gram already in fp64 on ``device`` is returned as is (the
+    accumulator's storage): read-only.
+    """
+    if backend == "fast":
+        return data.to(device=device or data.device, dtype=torch.float64)
+    X = np.asarray(data, dtype=np.float64)
+    G = torch.from_numpy(X.T @ X)
+    return G if device is None else G.to(device)
 
 
 @dataclass

@@ -99,7 +99,7 @@ import torch
 
 from statlab.fast.id import _solve_psd, interpolation_coefficients
 
-from .base import ModuleStats, PruningMethod, unit_columns
+from .base import ModuleStats, PruningMethod, gram_of, unit_columns
 
 ACTIVATION_FACTOR = 0.5  # seed 003 §3.2.3: ½ for ReLU; GELU and SiLU are treated as ReLU
 
@@ -441,14 +441,6 @@ def _detached(x, device):
     return None if x is None else x.detach().to(device=device, dtype=torch.float64)
 
 
-def _gram_of(data, backend: str, device) -> torch.Tensor:
-    """The Gram of captured data: a Gram tensor (fast backend) or ``XᵀX`` of a matrix (reference)."""
-    if backend == "fast":
-        return data.to(device=device, dtype=torch.float64)
-    X = np.asarray(data, dtype=np.float64)
-    return torch.from_numpy(X.T @ X).to(device)
-
-
 class Goa(PruningMethod):
     """GOA (seed 003): second-moment scores, JS head grouping (Alg. 1), least-squares recovery (Alg. 2–4).
 
@@ -506,7 +498,7 @@ class Goa(PruningMethod):
         G = module.gram()
         device = G.device if module.backend == "fast" else torch.device("cpu")
         G = G.to(device)
-        S = _gram_of(module.inputs, module.backend, device) if module.inputs is not None else None
+        S = gram_of(module.inputs, module.backend, device) if module.inputs is not None else None
         mean = None if module.inputs_mean is None else _as_tensor(module.inputs_mean, device)
         error = None
         if self.recovery:

@@ -95,7 +95,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import PruningMethod, SizeChoice, unit_columns
+from .base import PruningMethod, SizeChoice, gram_of, unit_columns
 from .goa import model_inputs, token_mask
 
 # --------------------------------------------------------------------------- attention: Pearson similarity
@@ -341,13 +341,6 @@ def sizes_for_shares(module_shares, costs, fraction, *, iterations=100):
 # --------------------------------------------------------------------------- the method
 
 
-def _gram(data, backend: str, device) -> torch.Tensor:
-    if backend == "fast":
-        return data.to(device=device, dtype=torch.float64)
-    X = np.asarray(data, dtype=np.float64)
-    return torch.from_numpy(X.T @ X).to(device)
-
-
 class SlimLLM(PruningMethod):
     """SlimLLM (seed 004): Pearson head search, PCA channel scores, per-dimension regression, cosine layer ratios.
 
@@ -414,7 +407,7 @@ class SlimLLM(PruningMethod):
         if module.kind == "attention":
             kept = greedy_heads(unit_output_covariances(W, C, u), k, greedy=self.greedy)
         else:
-            S_in = _gram(module.inputs, module.backend, device)
+            S_in = gram_of(module.inputs, module.backend, device)
             W_in = tuple(w.detach() for w in module.W_in)
             kept = piecewise_keep(channel_scores(W, W_in, C, G, S_in).cpu().numpy(), k, self.protect)
         cols = unit_columns(kept, u).to(device)
