@@ -8,7 +8,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import statlab
 from statlab.capture import capture
@@ -17,52 +16,13 @@ from statlab.methods import METHODS, get_method
 from statlab.methods import goa as goa_lib
 from statlab.methods import slimllm as slim_lib
 from statlab.models import get_adapter
-from statlab.models.loading import bert_to_distilbert
 from statlab.reference import budget as budget_lib
 
+# tiny models and calibration: the same as the driver tests use
+from .test_llama import tiny_llama, windows
+from .test_prune import batches, tiny_bert, tiny_distilbert
+
 PEERS = ("goa", "slimllm")
-
-
-# --------------------------------------------------------------------------- tiny models (as in test_prune / test_llama)
-
-
-def tiny_bert(seed=0, layers=2):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                                     intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return transformers.BertModel(config, add_pooling_layer=False).eval()
-
-
-def tiny_distilbert(seed=0):
-    return bert_to_distilbert(tiny_bert(seed))
-
-
-def tiny_llama(seed=0, *, kv_heads=2, heads=4, layers=3):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=64,
-        tie_word_embeddings=False, attn_implementation="eager",
-    )
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def batches(n=6, seed=0, batch=8, seq=20, vocab=120):
-    """Padded encoder batches."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(1, vocab, (batch, seq), generator=g)
-        lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
-        mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
-
-
-def windows(n=6, seed=0, batch=4, seq=24, vocab=96):
-    """Decoder calibration: full windows, no padding."""
-    g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, vocab, (batch, seq), generator=g)} for _ in range(n)]
 
 
 def outputs(model, batch):
