@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .base import PruningMethod, keep_top, unit_energies
 
