@@ -185,6 +185,7 @@ def run_compare(args) -> dict:
     result = compare.compare(args.model, args.task, args.methods.split(","), [float(b) for b in args.budgets.split(",")],
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
                              max_tokens=args.max_tokens, limit=args.limit, say=say)
+    result["command"] = "statlab " + " ".join(sys.argv[1:])
     say(compare.table(result))
     if args.plot:
         say(f"plot: {compare.plot(result, args.plot)}")

@@ -101,17 +101,9 @@ def table(result) -> str:
     return "\n".join(lines)
 
 
-def plot(result, path):
-    """Metric against MAC budget, one line per method; saved atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from statlab.plots import save_figure
-
+def draw(result, ax):
+    """Draw a :func:`compare` result on ``ax``: the metric against the MAC budget, one line per method."""
     key, larger = HEADLINE[result["task"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
     ax.axhline(result["dense"]["metrics"][key], color="gray", ls="--", label="dense")
     for method in dict.fromkeys(r["method"] for r in result["results"]):
         rows = sorted((r for r in result["results"] if r["method"] == method), key=lambda r: r["budget"])
@@ -122,6 +114,20 @@ def plot(result, path):
     ax.set_ylabel(f"{result['task']} {key}")
     ax.set_title(f"{result['model']}: {result['calibration']['tokens']} calibration tokens", fontsize=9)
     ax.legend(fontsize=8)
+    return ax
+
+
+def plot(result, path):
+    """:func:`draw` into a new figure, saved atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from statlab.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw(result, ax)
     save_figure(fig, path)
     plt.close(fig)
     return path

@@ -26,7 +26,7 @@ from statlab.reference import budget as budget_lib
 from .capture import LayerReplay, capture
 from .costs import module_costs
 from .fast.gram import accumulation_dtype
-from .methods import METHODS, ModuleStats, get_method
+from .methods import METHODS, ModuleStats, PruningMethod, get_method
 from .models import get_adapter
 from .plan import PruningPlan, apply_attention, apply_mlp, config_hash, weights_fingerprint
 
@@ -83,12 +83,14 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         Fraction of attention + MLP parameters removed.
     backend : {"fast", "reference"}
         Streamed Grams on the model's device, or NumPy matrices through :mod:`statlab.reference`.
-    method : str
+    method : str or PruningMethod
         A name in :data:`statlab.methods.METHODS`: ``stat`` (ID + correction,
         sizes from error curves), or a baseline with the same kept fraction in
         every module and no correction — ``activation`` (output energy
         ``||Z_u W_u^T||`` on the calibration data, Wanda-sp / FLAP style),
-        ``magnitude`` (weight norms), ``random``.
+        ``magnitude`` (weight norms), ``random``; or a configured instance,
+        e.g. ``Stat(correction=False)`` (its ``seed`` and ``ridge`` are its own;
+        the arguments here are then unused).
     seed : int
         Recorded in the plan; the methods here are deterministic.
     propagate : bool
@@ -117,7 +119,8 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     accumulation_dtype(precision)  # a clear error for an unknown precision before any work
-    pruner = get_method(method, seed=seed, ridge=ridge)
+    pruner = method if isinstance(method, PruningMethod) else get_method(method, seed=seed, ridge=ridge)
+    method, seed, ridge = pruner.label, pruner.seed, pruner.ridge
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     tokens, calib_len, calib_hash = _check_calibration(calibration, blocks, model)

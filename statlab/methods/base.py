@@ -122,6 +122,7 @@ class PruningMethod:
     def __init__(self, *, seed: int = 0, ridge: float = 0.0):
         self.seed = seed
         self.ridge = ridge
+        self.label = self.name  # what plans and progress bars call this configuration
 
     def prepare(self, model, adapter, blocks, calibration) -> None:
         """Per-run state computed from the dense model before anything is pruned (default: none)."""

@@ -19,7 +19,7 @@ from statlab.reference import budget as budget_lib
 from statlab.reference import heads as ref_heads
 from statlab.reference import mlp as ref_mlp
 
-from .base import ModuleStats, PruningMethod, SizeChoice, unit_energies
+from .base import ModuleStats, PruningMethod, SizeChoice, unit_columns, unit_energies
 
 
 def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
@@ -58,14 +58,44 @@ def layer_weights(modules: list, adapter) -> np.ndarray:
 
 
 class Stat(PruningMethod):
+    """STAT, with switches that turn off one ingredient at a time (the ablations of notebook 05).
+
+    Parameters
+    ----------
+    correction : bool
+        Fold the least-squares correction into ``W_out`` (default). False keeps
+        the ID's units with ``W_out`` restricted to them, as the baselines do.
+    sizes : {"curves", "uniform"}
+        Sizes from the weighted error curves and one threshold (default), or the
+        same kept fraction in every module (:func:`~statlab.reference.budget.uniform_sizes`).
+    weighting : bool
+        Weight each module's error curve by its layer (:func:`layer_weights`,
+        default) or weigh all modules alike.
+    """
+
     name = "stat"
     propagates = True
 
+    def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True):
+        super().__init__(seed=seed, ridge=ridge)
+        if sizes not in ("curves", "uniform"):
+            raise ValueError(f"sizes must be 'curves' or 'uniform', got {sizes!r}")
+        self.correction, self.size_rule, self.weighting = bool(correction), sizes, bool(weighting)
+        off = [word for word, on in (("no correction", self.correction), ("uniform sizes", sizes == "curves"),
+                                     ("no layer weights", self.weighting)) if not on]
+        self.label = "stat" + (f" ({', '.join(off)})" if off else "")
+
     def sizes(self, modules, costs, fraction, adapter):
         curves = [prune_module(m, m.units, curve=True)[2] for m in modules]
-        sizes, tau = budget_lib.choose_sizes(curves, costs, layer_weights(modules, adapter), fraction)
+        if self.size_rule == "uniform":
+            return SizeChoice(budget_lib.uniform_sizes(costs, fraction), curves, {"sizes": "uniform"})
+        weights = layer_weights(modules, adapter) if self.weighting else np.ones(len(modules))
+        sizes, tau = budget_lib.choose_sizes(curves, costs, weights, fraction)
         return SizeChoice(sizes, curves, {"threshold": tau})
 
     def select(self, module, k):
         kept, weight, _ = prune_module(module, k)
+        if not self.correction:
+            W = module.W_out.detach().cpu().double()
+            weight = W[:, unit_columns(kept, module.unit_size)]
         return kept, weight

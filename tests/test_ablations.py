@@ -1,0 +1,107 @@
+"""STAT with one ingredient switched off (notebook 05's ablations): each switch does what it says, and only that."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import statlab
+from statlab.costs import module_costs
+from statlab.methods import Stat
+from statlab.models import get_adapter
+from statlab.reference import budget as budget_lib
+
+from .test_llama import tiny_llama, windows
+from .test_prune import batches, tiny_bert
+
+FAMILIES = {"bert": (tiny_bert, batches), "llama-gqa": (tiny_llama, windows)}
+
+
+def run(family, method, *, propagate=True, fraction=0.5):
+    """``(dense, pruned, plan)`` of one seeded run on a tiny model."""
+    make, data = FAMILIES[family]
+    dense = make()
+    model = copy.deepcopy(dense)
+    plan = statlab.prune(model, data(4), mac_fraction=fraction, method=method, base="tiny", propagate=propagate)
+    return dense, model, plan
+
+
+def sizes_of(plan):
+    return [n for layer in plan.layers for n in (len(layer["attn_kept"]), len(layer["mlp_kept"]))]
+
+
+def costs_of(family, plan):
+    make, _ = FAMILIES[family]
+    dense = make()
+    adapter = get_adapter(dense)
+    pairs = module_costs(dense, adapter, adapter.blocks(dense), "macs", plan.meta["seq_len"])
+    return [c for pair in pairs for c in pair]
+
+
+def held_out_error(family, dense, model):
+    _, data = FAMILIES[family]
+    batch = data(1, seed=99)[0]
+    with torch.no_grad():
+        if family == "bert":
+            mask = batch["attention_mask"].bool()
+            a = model(**batch).last_hidden_state[mask]
+            b = dense(**batch).last_hidden_state[mask]
+        else:
+            a = model(input_ids=batch["input_ids"], use_cache=False).logits
+            b = dense(input_ids=batch["input_ids"], use_cache=False).logits
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_default_instance_is_the_named_method(family):
+    _, _, by_name = run(family, "stat")
+    _, _, by_instance = run(family, Stat())
+    assert by_instance.meta["method"] == "stat"
+    assert [l["attn_kept"] for l in by_instance.layers] == [l["attn_kept"] for l in by_name.layers]
+    assert [l["mlp_kept"] for l in by_instance.layers] == [l["mlp_kept"] for l in by_name.layers]
+    for name, tensor in by_name.tensors.items():
+        torch.testing.assert_close(by_instance.tensors[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_correction_keeps_the_same_units_and_restricts_w_out(family):
+    # one pass: the statistics do not depend on the layers below, so the kept sets must agree exactly
+    dense, corrected, with_corr = run(family, Stat(), propagate=False)
+    _, plain, without = run(family, Stat(correction=False), propagate=False)
+    assert without.meta["method"] == "stat (no correction)"
+    assert sizes_of(without) == sizes_of(with_corr)
+    assert [l["mlp_kept"] for l in without.layers] == [l["mlp_kept"] for l in with_corr.layers]
+    adapter = get_adapter(dense)
+    for block in adapter.blocks(dense):
+        kept = without.layers[block.index]["mlp_kept"]
+        W = dense.get_submodule(block.mlp_out).weight
+        torch.testing.assert_close(plain.get_submodule(block.mlp_out).weight, W[:, kept])
+    # the correction is what keeps the output: without it the held-out error is larger
+    assert held_out_error(family, dense, corrected) < held_out_error(family, dense, plain)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_uniform_sizes_are_the_baselines_sizes(family):
+    _, _, plan = run(family, Stat(sizes="uniform"))
+    assert plan.meta["method"] == "stat (uniform sizes)"
+    costs = costs_of(family, plan)
+    assert sizes_of(plan) == budget_lib.uniform_sizes(costs, 0.5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_layer_weights_is_one_threshold_on_the_raw_curves(family):
+    _, _, plan = run(family, Stat(weighting=False))
+    assert plan.meta["method"] == "stat (no layer weights)"
+    curves = [np.asarray(c) for l in plan.layers for c in (l["attn_residuals"], l["mlp_residuals"])]
+    costs = costs_of(family, plan)
+    expected, tau = budget_lib.choose_sizes(curves, costs, np.ones(len(curves)), 0.5)
+    assert sizes_of(plan) == expected
+    assert plan.meta["threshold"] == pytest.approx(tau)
+
+
+def test_bad_size_rule_is_a_clear_error():
+    with pytest.raises(ValueError, match="sizes must be"):
+        Stat(sizes="equal")
