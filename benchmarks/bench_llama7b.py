@@ -9,6 +9,7 @@ corrections, rewrite), peak GPU memory. Also times one bf16 forward over the
 calibration tokens, for scale.
 
     python benchmarks/bench_llama7b.py --sparsities 0.2,0.5            # on a GPU
+    python benchmarks/bench_llama7b.py --sparsities 0.2 --offload       # blocks in CPU memory (24 GiB GPUs)
     python benchmarks/bench_llama7b.py --shape tiny --device cpu        # smoke test of the script
 """
 
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="sequences per forward")
     parser.add_argument("--precision", default="fp64", choices=["fp64", "fp32", "tf32"])
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--offload", action="store_true",
+                        help="keep the blocks in CPU memory, each on the device only while it runs")
     args = parser.parse_args()
 
     import torch
@@ -65,17 +68,18 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     vocab = SHAPES[args.shape]["vocab_size"]
     ids = torch.randint(0, vocab, (args.sequences, args.seq_len), generator=g)
-    batches = [{"input_ids": chunk.to(device)} for chunk in ids.split(args.batch)]
+    home = torch.device("cpu") if args.offload else device  # where the model and the batches live
+    batches = [{"input_ids": chunk.to(home)} for chunk in ids.split(args.batch)]
     results = []
     for sparsity in map(float, args.sparsities.split(",")):
         start = time.perf_counter()
-        model = build(args.shape, device, torch.bfloat16)
+        model = build(args.shape, home, torch.bfloat16)
         build_seconds = time.perf_counter() - start
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         forward_seconds = None
-        if not results:  # one plain forward over the calibration tokens, for scale
+        if not results and not args.offload:  # one plain forward over the calibration tokens, for scale
             start = time.perf_counter()
             with torch.no_grad():
                 for batch in batches:
@@ -87,7 +91,8 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         start = time.perf_counter()
-        plan = statlab.prune(model, batches, sparsity=sparsity, precision=args.precision, base=args.shape)
+        plan = statlab.prune(model, batches, sparsity=sparsity, precision=args.precision, base=args.shape,
+                             offload=args.offload, device=device if args.offload else None)
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -97,7 +102,7 @@ def main() -> None:
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
             "model_gib": round(model_bytes / 2**30, 2), "build_seconds": round(build_seconds, 1),
             "bf16_forward_seconds": None if forward_seconds is None else round(forward_seconds, 2),
-            "kept": plan.kept_fraction(),
+            "kept": plan.kept_fraction(), "offload": plan.meta.get("offload"),
         })
         print(json.dumps(results[-1]), flush=True, file=__import__("sys").stderr)
         del model, plan

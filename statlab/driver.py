@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import time
@@ -28,6 +29,7 @@ from .costs import module_costs
 from .fast.gram import accumulation_dtype
 from .methods import METHODS, ModuleStats, PruningMethod, get_method
 from .models import get_adapter
+from .offload import BlocksOnDemand
 from .plan import PruningPlan, apply_attention, apply_mlp, config_hash, weights_fingerprint
 
 BACKENDS = ("fast", "reference")
@@ -68,7 +70,8 @@ def _check_calibration(calibration, blocks, model):
 
 
 def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast", method="stat",
-          seed=0, propagate=True, ridge=0.0, seq_len=None, base=None, precision="fp64") -> PruningPlan:
+          seed=0, propagate=True, ridge=0.0, seq_len=None, base=None, precision="fp64", offload=False,
+          device=None) -> PruningPlan:
     """Prune ``model`` in place to a budget and return the plan that reproduces it.
 
     Parameters
@@ -110,6 +113,13 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         :class:`statlab.fast.GramAccumulator` for the accuracy of each). With
         propagation the dense pass, which only sets the sizes, uses fp32 when
         this is fp64. Factorisations always run in fp64.
+    offload : bool
+        Keep the blocks where they are (normally CPU memory) and move each to
+        ``device`` only while it runs, at most two at a time
+        (:class:`statlab.offload.BlocksOnDemand`): a model larger than the
+        GPU's memory can be pruned. The pruned model ends where it started.
+    device : str or torch.device, optional
+        The compute device with ``offload=True`` (required there; e.g. ``"cuda"``).
 
     Returns
     -------
@@ -119,6 +129,11 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     accumulation_dtype(precision)  # a clear error for an unknown precision before any work
+    if offload and device is None:
+        raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
+    if not offload and device is not None and torch.device(device) != next(model.parameters()).device:
+        raise ValueError(f"the model is on {next(model.parameters()).device}, not {device}: move it there "
+                         "or pass offload=True to run its blocks on the device one at a time")
     pruner = method if isinstance(method, PruningMethod) else get_method(method, seed=seed, ridge=ridge)
     method, seed, ridge = pruner.label, pruner.seed, pruner.ridge
     adapter = get_adapter(model)
@@ -137,74 +152,76 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     }
     kind = "macs" if "mac_fraction" in budget else "params"
     flat_costs = [c for pair in module_costs(model, adapter, blocks, kind, seq_len) for c in pair]
-    clock = _PhaseClock(model)
-    propagate = propagate and pruner.propagates
+    on_demand = BlocksOnDemand(model, adapter.layers_path(model), device) if offload else contextlib.nullcontext()
+    with on_demand:
+        clock = _PhaseClock(model)
+        propagate = propagate and pruner.propagates
 
-    with clock("prepare"):
-        pruner.prepare(model, adapter, blocks, calibration)
-    dense = None
-    if pruner.captures:
-        with clock("dense pass"):
-            # With propagation the dense pass only draws the sizes: fp32 Grams
-            # (floor ~3e-4 relative) are ample for that and cost less than fp64.
-            dense = capture(model, calibration, _targets(blocks, pruner), backend=backend, desc="dense pass",
-                            precision="fp32" if propagate and precision == "fp64" else precision)
-    with clock("sizes"):
-        modules = [_module(model, b, part, dense, backend, ridge) for b in blocks for part in ("attention", "mlp")]
-        choice = pruner.sizes(modules, flat_costs, fraction, adapter)
-    sizes, curves = choice.sizes, choice.curves
-    meta.update(choice.info)
-    del modules
-    if propagate:
-        dense = None  # the propagated pass captures its own; free the dense Grams first
+        with clock("prepare"):
+            pruner.prepare(model, adapter, blocks, calibration)
+        dense = None
+        if pruner.captures:
+            with clock("dense pass"):
+                # With propagation the dense pass only draws the sizes: fp32 Grams
+                # (floor ~3e-4 relative) are ample for that and cost less than fp64.
+                dense = capture(model, calibration, _targets(blocks, pruner), backend=backend, desc="dense pass",
+                                precision="fp32" if propagate and precision == "fp64" else precision)
+        with clock("sizes"):
+            modules = [_module(model, b, part, dense, backend, ridge) for b in blocks for part in ("attention", "mlp")]
+            choice = pruner.sizes(modules, flat_costs, fraction, adapter)
+        sizes, curves = choice.sizes, choice.curves
+        meta.update(choice.info)
+        del modules
+        if propagate:
+            dense = None  # the propagated pass captures its own; free the dense Grams first
 
-    layers, tensors = [], {}
-    dtype = next(model.parameters()).dtype
-    layers_path = adapter.layers_path(model)
-    replay = LayerReplay(model, layers_path) if propagate else None
+        layers, tensors = [], {}
+        dtype = next(model.parameters()).dtype
+        layers_path = adapter.layers_path(model)
+        replay = LayerReplay(model, layers_path) if propagate else None
 
-    def propagated(block, part):
-        """Stats of ``part``'s input, computed through the pruned blocks below ``block``.
+        def propagated(block, part):
+            """Stats of ``part``'s input, computed through the pruned blocks below ``block``.
 
-        Blocks up to ``replay.depth`` replay their cached outputs; the ones above
-        run. When the block just below was pruned since, its outputs are cached
-        on the way, so each pruned block runs once more, not once per block above.
-        """
-        below = block.index - 1
-        record = below > replay.depth
-        replay.install(replay.depth + 1)
-        try:
-            got = capture(model, calibration, _targets([block], pruner, part), backend=backend, replay=replay,
-                          precision=precision,
-                          desc=f"layer {block.index} {part}", outputs_of=f"{layers_path}.{below}" if record else None)
-        finally:
-            replay.restore()
-        if record:
-            replay.outputs, replay.depth = got.pop("outputs"), below
-        return got
+            Blocks up to ``replay.depth`` replay their cached outputs; the ones above
+            run. When the block just below was pruned since, its outputs are cached
+            on the way, so each pruned block runs once more, not once per block above.
+            """
+            below = block.index - 1
+            record = below > replay.depth
+            replay.install(replay.depth + 1)
+            try:
+                got = capture(model, calibration, _targets([block], pruner, part), backend=backend, replay=replay,
+                              precision=precision, desc=f"layer {block.index} {part}",
+                              outputs_of=f"{layers_path}.{below}" if record else None)
+            finally:
+                replay.restore()
+            if record:
+                replay.outputs, replay.depth = got.pop("outputs"), below
+            return got
 
-    for b in tqdm(blocks, desc=f"prune ({method})", leave=False, disable=None):
-        kept = {}
-        for part, k in (("attention", sizes[2 * b.index]), ("mlp", sizes[2 * b.index + 1])):
-            with clock("capture"):
-                stats = propagated(b, part) if propagate else dense
-            with clock("selection"):
-                units, weight = pruner.select(_module(model, b, part, stats, backend, ridge), k)
-                weight = weight.to(dtype)
-            with clock("rewrite"):
-                if part == "attention":
-                    apply_attention(model, adapter, b, units, weight)
-                else:
-                    apply_mlp(model, b, units, weight)
-            kept[part] = units
-            tensors[f"layer.{b.index}.{'attn' if part == 'attention' else 'mlp'}_out.weight"] = weight.cpu()
-        layers.append({
-            "index": b.index, "attn_units": b.units, "attn_kept": kept["attention"],
-            "mlp_units": flat_costs[2 * b.index + 1].units,
-            "mlp_kept": kept["mlp"],
-            "attn_residuals": None if curves is None else [float(x) for x in curves[2 * b.index]],
-            "mlp_residuals": None if curves is None else [float(x) for x in curves[2 * b.index + 1]],
-        })
+        for b in tqdm(blocks, desc=f"prune ({method})", leave=False, disable=None):
+            kept = {}
+            for part, k in (("attention", sizes[2 * b.index]), ("mlp", sizes[2 * b.index + 1])):
+                with clock("capture"):
+                    stats = propagated(b, part) if propagate else dense
+                with clock("selection"):
+                    units, weight = pruner.select(_module(model, b, part, stats, backend, ridge), k)
+                    weight = weight.to(dtype)
+                with clock("rewrite"):
+                    if part == "attention":
+                        apply_attention(model, adapter, b, units, weight)
+                    else:
+                        apply_mlp(model, b, units, weight)
+                kept[part] = units
+                tensors[f"layer.{b.index}.{'attn' if part == 'attention' else 'mlp'}_out.weight"] = weight.cpu()
+            layers.append({
+                "index": b.index, "attn_units": b.units, "attn_kept": kept["attention"],
+                "mlp_units": flat_costs[2 * b.index + 1].units,
+                "mlp_kept": kept["mlp"],
+                "attn_residuals": None if curves is None else [float(x) for x in curves[2 * b.index]],
+                "mlp_residuals": None if curves is None else [float(x) for x in curves[2 * b.index + 1]],
+            })
 
     kept_cost = budget_lib.total_cost(sizes, flat_costs)
     dense_cost = budget_lib.total_cost([c.units for c in flat_costs], flat_costs)
@@ -213,6 +230,8 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         "prune_seconds": clock.total(), "phase_seconds": clock.seconds,
         "versions": _versions(),
     })
+    if offload:
+        meta["offload"] = {"device": str(device), "transfers": len(on_demand.moves)}
     return PruningPlan(meta, layers, tensors)
 
 
