@@ -16,6 +16,8 @@ from pathlib import Path
 # training sentences: MRPC, measured best on the tune half of STS-B dev (README "Calibration defaults").
 DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
 EVAL_SEQ_LEN = 128
+# the names in statlab.methods.METHODS, spelled out so that `--help` need not import torch
+METHOD_NAMES = ("stat", "goa", "slimllm", "activation", "magnitude", "random")
 DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
 DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
 DEFAULT_WINDOW = 512  # tokens per perplexity / calibration window on CPU (2048 in the Llama-2 protocol)
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--mac-fraction", type=float, help="fraction of block MACs to keep, in (0, 1]")
     budget.add_argument("--sparsity", type=float, help="fraction of attention+MLP parameters to remove, in [0, 1)")
-    p.add_argument("--method", default="stat", choices=["stat", "activation", "magnitude"])
+    p.add_argument("--method", default="stat", choices=METHOD_NAMES)
     p.add_argument("--backend", default="fast", choices=["fast", "reference"])
     p.add_argument("--calibration-size", type=int,
                    help=f"calibration sentences (default {DEFAULT_CALIBRATION_SIZE}) or, for wikitext2, windows "
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="every method at every MAC budget on one task: table, JSON, plot")
     c.add_argument("--model", required=True)
     c.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
-    c.add_argument("--methods", default="stat,activation,magnitude,random",
+    c.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help="comma-separated names (stat, goa, slimllm, activation, magnitude, random)")
     c.add_argument("--budgets", default="0.8,0.6,0.5", help="comma-separated MAC fractions kept")
     c.add_argument("--calibration-size", type=int, help="sentences (encoders) or windows (wikitext2)")

@@ -55,3 +55,10 @@ def test_compare_on_minilm(tmp_path, capsys):
     assert all(r["macs"] <= 0.6 * result["dense"]["macs"] for r in result["results"])
     assert set(result["results"][0]) >= {"method", "budget", "metrics", "macs", "params", "prune_seconds"}
     assert plot.is_file()
+
+
+def test_cli_method_names_are_the_registered_methods():
+    from statlab.cli import METHOD_NAMES
+    from statlab.methods import METHODS
+
+    assert set(METHOD_NAMES) == set(METHODS)
