@@ -14,9 +14,10 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("fast", "reference", "cli", "demo", "id_demo", "data", "evaluate", "models", "capture", "plan")
-_FUNCTIONS = {"prune": "statlab.driver", "load_pruned": "statlab.plan", "PruningPlan": "statlab.plan",
-              "load_model": "statlab.models.loading"}
+_SUBMODULES = ("fast", "reference", "cli", "demo", "id_demo", "data", "evaluate", "models", "capture", "plan",
+               "methods", "compare", "offload")
+_FUNCTIONS = {"prune": "statlab.driver", "CalibrationError": "statlab.driver", "load_pruned": "statlab.plan",
+              "PruningPlan": "statlab.plan", "load_model": "statlab.models.loading"}
 
 
 def __getattr__(name):
