@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -186,8 +187,8 @@ def run_compare(args) -> dict:
     _quiet_transformers()
     result = compare.compare(args.model, args.task, args.methods.split(","), [float(b) for b in args.budgets.split(",")],
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
-                             max_tokens=args.max_tokens, limit=args.limit, say=say)
-    result["command"] = "statlab " + " ".join(sys.argv[1:])
+                             max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say)
+    result["command"] = "statlab " + shlex.join(args.argv)
     say(compare.table(result))
     if args.plot:
         say(f"plot: {compare.plot(result, args.plot)}")
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, help="encoder tasks: evaluate on this many dev examples only")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--plot", help="save the metric-vs-budget plot here (PNG)")
+    c.add_argument("--checkpoint", help="JSON file saved after every run; an interrupted comparison resumes from it")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=run_compare)
 
@@ -289,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded with results (compare)
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as error:

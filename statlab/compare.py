@@ -20,7 +20,7 @@ HEADLINE = {"stsb": ("spearman", True), "sst2": ("accuracy", True), "mrpc": ("f1
 
 
 def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0, window=512,
-            max_tokens="auto", limit=None, say=print) -> dict:
+            max_tokens="auto", limit=None, checkpoint=None, say=print) -> dict:
     """Prune ``model_name`` with every method at every MAC budget; evaluate each on ``task``.
 
     Parameters
@@ -32,6 +32,11 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         Names in :data:`statlab.methods.METHODS`.
     budgets : list of float
         MAC fractions kept, in (0, 1].
+    checkpoint : path, optional
+        A JSON file rewritten (atomically) after every run. When it exists and
+        holds a comparison with the same model, task, calibration and
+        evaluation settings, its finished runs are kept and not repeated: an
+        interrupted comparison resumes where it stopped.
 
     Returns
     -------
@@ -66,10 +71,15 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
                                         max_tokens=max_tokens),
                 "macs": block_macs(model, seq_len), "params": count_parameters(model)}
 
-    say(f"calibration: {calib['examples']} {calib['source']} ({calib['tokens']} tokens); evaluating dense")
-    result = {"model": model_name, "task": task, "calibration": calib, "seq_len": seq_len,
-              "dense": measure(dense), "results": []}
-    runs = [(m, b) for m in methods for b in budgets]
+    settings = {"model": model_name, "task": task, "calibration": calib, "seq_len": seq_len,
+                "evaluation": {"limit": limit, "window": window, "max_tokens": max_tokens}}
+    result = _resumed(checkpoint, settings, say)
+    if result is None:
+        say(f"calibration: {calib['examples']} {calib['source']} ({calib['tokens']} tokens); evaluating dense")
+        result = {**settings, "dense": measure(dense), "results": []}
+        _save(result, checkpoint)
+    done = {(r["method"], r["budget"]) for r in result["results"]}
+    runs = [(m, b) for m in methods for b in budgets if (m, b) not in done]
     for method, budget in tqdm(runs, desc="compare", disable=None):
         model = copy.deepcopy(dense)
         start = time.perf_counter()
@@ -79,8 +89,39 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         row = {"method": method, "budget": budget, **measure(model), "prune_seconds": round(seconds, 2),
                "kept": plan.kept_fraction()}
         result["results"].append(row)
+        _save(result, checkpoint)
         del model
     return result
+
+
+def _resumed(checkpoint, settings, say):
+    """The checkpoint's comparison when it exists and matches ``settings``; None when there is none."""
+    import json
+    from pathlib import Path
+
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    saved = json.loads(Path(checkpoint).read_text())
+    differ = [k for k in settings if json.dumps(saved.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
+    if differ:
+        raise ValueError(f"{checkpoint} holds another comparison (different {', '.join(differ)}); "
+                         "remove it or choose another file")
+    say(f"resuming {checkpoint}: {len(saved['results'])} runs done")
+    return saved
+
+
+def _save(result, checkpoint):
+    if checkpoint is None:
+        return
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
 
 
 def table(result) -> str:

@@ -45,16 +45,31 @@ def test_bad_input_is_refused(argv, message, capsys):
 
 @pytest.mark.weights
 @pytest.mark.skipif(not HAS_MINILM or not os.environ.get("STATLAB_DATA_DIR"), reason="needs MiniLM and the data")
-def test_compare_on_minilm(tmp_path, capsys):
-    plot = tmp_path / "cmp.png"
-    assert cli.main(["compare", "--model", "minilm", "--task", "stsb", "--methods", "stat,random",
-                     "--budgets", "0.6", "--calibration-size", "64", "--limit", "100", "--plot", str(plot),
-                     "--json"]) == 0
+def test_compare_on_minilm_and_resume_from_its_checkpoint(tmp_path, capsys):
+    plot, checkpoint = tmp_path / "cmp.png", tmp_path / "cmp.json"
+    common = ["compare", "--model", "minilm", "--task", "stsb", "--budgets", "0.6", "--calibration-size", "64",
+              "--checkpoint", str(checkpoint), "--json"]
+    assert cli.main([*common, "--methods", "stat,random", "--limit", "100", "--plot", str(plot)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [(r["method"], r["budget"]) for r in result["results"]] == [("stat", 0.6), ("random", 0.6)]
     assert all(r["macs"] <= 0.6 * result["dense"]["macs"] for r in result["results"])
     assert set(result["results"][0]) >= {"method", "budget", "metrics", "macs", "params", "prune_seconds"}
+    assert result["command"].startswith("statlab compare --model minilm")
     assert plot.is_file()
+    assert json.loads(checkpoint.read_text())["results"] == result["results"]
+
+    # resumed: the finished runs are kept as they were, only the new method runs
+    assert cli.main([*common, "--methods", "stat,random,magnitude", "--limit", "100"]) == 0
+    out = capsys.readouterr()
+    resumed = json.loads(out.out)
+    assert "resuming" in out.err and "2 runs done" in out.err
+    assert resumed["results"][:2] == result["results"]
+    assert [r["method"] for r in resumed["results"]] == ["stat", "random", "magnitude"]
+
+    # another evaluation setting is another comparison: refused, the file left alone
+    assert cli.main([*common, "--methods", "stat", "--limit", "50"]) == 2
+    assert "holds another comparison (different evaluation)" in capsys.readouterr().err
+    assert json.loads(checkpoint.read_text())["results"] == resumed["results"]
 
 
 def test_cli_method_names_are_the_registered_methods():
