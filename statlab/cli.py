@@ -189,6 +189,8 @@ def run_compare(args) -> dict:
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
                              max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say)
     result["command"] = "statlab " + shlex.join(args.argv)
+    if args.checkpoint:
+        compare.save(result, args.checkpoint)
     say(compare.table(result))
     if args.plot:
         say(f"plot: {compare.plot(result, args.plot)}")

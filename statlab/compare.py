@@ -77,7 +77,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     if result is None:
         say(f"calibration: {calib['examples']} {calib['source']} ({calib['tokens']} tokens); evaluating dense")
         result = {**settings, "dense": measure(dense), "results": []}
-        _save(result, checkpoint)
+        save(result, checkpoint)
     done = {(r["method"], r["budget"]) for r in result["results"]}
     runs = [(m, b) for m in methods for b in budgets if (m, b) not in done]
     for method, budget in tqdm(runs, desc="compare", disable=None):
@@ -89,7 +89,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         row = {"method": method, "budget": budget, **measure(model), "prune_seconds": round(seconds, 2),
                "kept": plan.kept_fraction()}
         result["results"].append(row)
-        _save(result, checkpoint)
+        save(result, checkpoint)
         del model
     return result
 
@@ -110,7 +110,8 @@ def _resumed(checkpoint, settings, say):
     return saved
 
 
-def _save(result, checkpoint):
+def save(result, checkpoint):
+    """Write ``result`` to ``checkpoint`` atomically (nothing when it is None)."""
     if checkpoint is None:
         return
     import json
