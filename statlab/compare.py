@@ -91,6 +91,8 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         result["results"].append(row)
         save(result, checkpoint)
         del model
+    order = {run: i for i, run in enumerate((m, b) for m in methods for b in budgets)}
+    result["results"].sort(key=lambda r: order.get((r["method"], r["budget"]), len(order)))  # as requested
     return result
 
 
@@ -138,7 +140,9 @@ def table(result) -> str:
         row = []
         for m in methods:
             r = cell.get((m, b))
-            row.append(f"{r['metrics'][key]:>9.4f} ({r['prune_seconds']:>4.0f}s)" if r else f"{'':>16}")
+            value = "" if r is None else f"{r['metrics'][key]:.4f}" if abs(r["metrics"][key]) < 1e4 else \
+                f"{r['metrics'][key]:.2e}"
+            row.append(f"{value:>9} ({r['prune_seconds']:>4.0f}s)" if r else f"{'':>16}")
         lines.append(f"{b:>9.2f} | " + " | ".join(row))
     return "\n".join(lines)
 
