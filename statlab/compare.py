@@ -140,9 +140,11 @@ def table(result) -> str:
         row = []
         for m in methods:
             r = cell.get((m, b))
-            value = "" if r is None else f"{r['metrics'][key]:.4f}" if abs(r["metrics"][key]) < 1e4 else \
-                f"{r['metrics'][key]:.2e}"
-            row.append(f"{value:>9} ({r['prune_seconds']:>4.0f}s)" if r else f"{'':>16}")
+            if r is None:
+                row.append(f"{'':>16}")
+                continue
+            v = r["metrics"][key]
+            row.append(f"{f'{v:.4f}' if abs(v) < 1e4 else f'{v:.2e}':>9} ({r['prune_seconds']:>4.0f}s)")
         lines.append(f"{b:>9.2f} | " + " | ".join(row))
     return "\n".join(lines)
 

@@ -150,8 +150,12 @@ def keep_top(module: ModuleStats, scores, k: int) -> tuple[list, torch.Tensor]:
     """The ``k`` units of largest score, ``W_out`` restricted to them (no correction)."""
     scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     order = torch.argsort(scores, descending=True, stable=True)[:k]
-    W = module.W_out.detach().cpu().double()
-    return order.tolist(), W[:, unit_columns(order, module.unit_size)]
+    return order.tolist(), restricted_w_out(module, order)
+
+
+def restricted_w_out(module: ModuleStats, units) -> torch.Tensor:
+    """``W_out``'s columns of ``units`` in fp64 on the CPU, uncorrected: (out, len(units) · unit_size)."""
+    return module.W_out.detach().cpu().double()[:, unit_columns(units, module.unit_size)]
 
 
 def unit_energies(module: ModuleStats) -> np.ndarray:

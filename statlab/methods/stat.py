@@ -19,7 +19,7 @@ from statlab.reference import budget as budget_lib
 from statlab.reference import heads as ref_heads
 from statlab.reference import mlp as ref_mlp
 
-from .base import ModuleStats, PruningMethod, SizeChoice, unit_columns, unit_energies
+from .base import ModuleStats, PruningMethod, SizeChoice, restricted_w_out, unit_energies
 
 
 def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
@@ -95,7 +95,4 @@ class Stat(PruningMethod):
 
     def select(self, module, k):
         kept, weight, _ = prune_module(module, k)
-        if not self.correction:
-            W = module.W_out.detach().cpu().double()
-            weight = W[:, unit_columns(kept, module.unit_size)]
-        return kept, weight
+        return kept, weight if self.correction else restricted_w_out(module, kept)
