@@ -49,14 +49,15 @@ def atomic_write(path, content: str | bytes | Callable[[Path], object]) -> Path:
     return path
 
 
-def remove_stale_temporaries(directory) -> list[Path]:
+def remove_stale_temporaries(directory, *, keep=()) -> list[Path]:
     """Delete the temporaries a killed :func:`atomic_write` left in ``directory``; returns them.
 
-    Call it only while no other writer uses the directory (plans hold a lock).
+    Call it only while no other writer uses the directory (plans hold a lock);
+    names in ``keep`` (the lock itself) are left alone.
     """
     removed = []
     for p in Path(directory).glob(f"{TEMP_PREFIX}*"):
-        if p.is_file():
+        if p.is_file() and p.name not in keep:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

@@ -9,25 +9,41 @@ refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .files import TEMP_PREFIX, atomic_write, remove_stale_temporaries
 from .models import get_adapter
 from .surgery import keep_rows, set_input_weight, unit_rows
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: plan.json records the weights file's SHA-256; 1 (no hash) still loads
+_READABLE_FORMATS = (1, 2)
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures")
+PLAN_FILE, WEIGHTS_FILE = "plan.json", "weights.safetensors"
+_BACKUP = f"{TEMP_PREFIX}previous-{WEIGHTS_FILE}"  # the old weights while a save swaps them
+_LOCK = f"{TEMP_PREFIX}lock"
+_REQUIRED_META = ("base", "model_type", "config_hash", "fingerprint", "dtype", "budget", "method")
+_LAYER_KEYS = ("index", "attn_units", "attn_kept", "mlp_units", "mlp_kept")
 
 
 class PlanMismatchError(ValueError):
     """A plan applied to a model it was not made from."""
+
+
+class PlanError(ValueError):
+    """A plan that is damaged, tampered with or inconsistent; the message names the file or field."""
+
+
+class OutputLocationError(ValueError):
+    """A place a plan must not be written to: a file, or a directory holding something else."""
 
 
 def config_hash(model) -> str:
@@ -38,13 +54,111 @@ def config_hash(model) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def weights_fingerprint(model, blocks) -> str:
-    """SHA-256 of the first layer's dense output maps: tells two checkpoints of one architecture apart."""
+def weights_fingerprint(model, blocks=None) -> dict:
+    """SHA-256 of every tensor of the model, one digest per part: ``{"layer 3": ..., "embeddings.word_embeddings": ...}``.
+
+    A block's parameters and buffers form the part ``layer i``; every other
+    tensor belongs to the part named by its module path. Each digest covers the
+    tensors' names, dtypes, shapes and bytes, so a plan reapplied to a model
+    whose weights moved anywhere is refused with the parts that differ. Tied
+    tensors (a decoder's embeddings and LM head) are hashed once.
+    """
+    layers = get_adapter(model).layers_path(model) + "."
+    digests, seen = {}, {}
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        if name.startswith(layers):
+            part = "layer " + name[len(layers):].split(".", 1)[0]
+        else:
+            part = name.rpartition(".")[0] or name
+        digest = digests.setdefault(part, hashlib.sha256())
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)) if tensor.numel() else None
+        if key in seen:
+            digest.update(f"tied to {seen[key]}".encode())
+            continue
+        seen[key] = name
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(data.view(torch.uint8).numpy().data if data.numel() else b"")
+    return {part: d.hexdigest() for part, d in digests.items()}
+
+
+def _legacy_fingerprint(model, blocks) -> str:
+    """Format-1 plans hashed only the first layer's dense output maps (fp32 bytes)."""
     digest = hashlib.sha256()
     for path in (blocks[0].attn_out, blocks[0].mlp_out):
         w = model.get_submodule(path).weight.detach().to("cpu", torch.float32).contiguous()
         digest.update(w.numpy().tobytes())
     return digest.hexdigest()
+
+
+def check_output_dir(directory) -> Path:
+    """Refuse a plan location that holds something else, before any work; returns it as a Path.
+
+    Allowed: a path that does not exist yet (its parent must be creatable and
+    writable), an empty directory, or a directory holding a saved plan (it is
+    replaced; the other files in it are left alone). Refused with
+    :class:`OutputLocationError`: an existing file, a directory with other
+    contents, and a location that cannot be written.
+    """
+    directory = Path(directory)
+    if directory.exists() or directory.is_symlink():
+        if not directory.is_dir():
+            raise OutputLocationError(f"{directory} is a file, not a plan directory: statlab will not replace it; "
+                                      "choose a new directory")
+        if not (directory / PLAN_FILE).is_file():
+            others = [p.name for p in directory.iterdir() if not p.name.startswith(TEMP_PREFIX)]
+            if others:
+                raise OutputLocationError(
+                    f"{directory} is a directory that holds no statlab plan ({len(others)} entries, e.g. "
+                    f"{sorted(others)[0]!r}): statlab will not write into it; choose a new or empty directory")
+        probe = directory
+    else:
+        probe = directory.parent
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise OutputLocationError(f"cannot create {directory}: {probe} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=TEMP_PREFIX):
+            pass
+    except OSError as error:
+        raise OutputLocationError(f"cannot write the plan to {directory}: {probe} is not writable "
+                                  f"({error.strerror or error})") from None
+    return directory
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive lock on ``directory`` for one writer at a time; the lock file is removed after.
+
+    The lock file is unlinked on release, so a waiter may lock a file that is
+    gone: it then checks that the path still names the file it locked, and retries.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): writers are not serialised
+        yield
+        return
+    path = directory / _LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 @dataclass
@@ -55,7 +169,8 @@ class PruningPlan:
     ----------
     meta : dict
         ``base`` (name or path to reload), ``model_type``, ``config_hash``,
-        ``fingerprint``, ``budget``, ``method``, ``backend``, ``calibration``
+        ``fingerprint`` (per-part digests, :func:`weights_fingerprint`),
+        ``budget``, ``method``, ``backend``, ``calibration``
         (hash, examples, tokens), ``seed``, ``propagate``, ``ridge``,
         ``versions``, and summary figures (``macs``, ``dense_macs``, ...).
     layers : list of dict
@@ -75,63 +190,245 @@ class PruningPlan:
         return {"heads": heads, "neurons": neurons}
 
     def save(self, directory) -> Path:
-        """Write ``plan.json`` and ``weights.safetensors`` atomically (a temp dir renamed into place)."""
-        from safetensors.torch import save_file
+        """Write ``weights.safetensors`` then ``plan.json`` into ``directory``, each atomically.
 
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
-            save_file(tensors, tmp / "weights.safetensors")
-            document = {"format": FORMAT_VERSION, "meta": self.meta, "layers": self.layers}
-            (tmp / "plan.json").write_text(json.dumps(document, indent=1))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        Crash-safe and safe for readers: the weights are swapped in first while
+        a hard link keeps the previous ones, then ``plan.json`` (the commit
+        point, which records the weights' SHA-256) is replaced. At every moment
+        the directory holds a loadable plan — the old one or the new one — and
+        :meth:`load` finds it. Writers are serialised by a lock; temporaries of
+        a killed save are removed by the next one. Only a new or empty
+        directory, or one holding a plan, is written to (:func:`check_output_dir`).
+        """
+        from safetensors.torch import save
+
+        directory = check_output_dir(directory)
+        _check_tensors(self.tensors, "the plan to save")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
+        blob = save(tensors)
+        document = {"format": FORMAT_VERSION, "meta": self.meta, "layers": self.layers,
+                    "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(blob).hexdigest()}}
+        text = json.dumps(document, indent=1, allow_nan=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        with _locked(directory):
+            check_output_dir(directory)  # again under the lock: another writer may have raced us
+            weights, backup = directory / WEIGHTS_FILE, directory / _BACKUP
+            _recover(directory)
+            remove_stale_temporaries(directory, keep=(_LOCK,))
+            if weights.is_file():
+                os.link(weights, backup)
+            atomic_write(weights, blob)
+            atomic_write(directory / PLAN_FILE, text)
+            backup.unlink(missing_ok=True)
         return directory
 
     @classmethod
-    def load(cls, directory) -> "PruningPlan":
-        from safetensors.torch import load_file
+    def load(cls, directory, *, attempts: int = 200) -> "PruningPlan":
+        """Read a plan written by :meth:`save`; damaged files raise :class:`PlanError` naming the problem.
+
+        While another process saves into ``directory``, ``plan.json`` and the
+        weights may belong to different saves for an instant: the reader then
+        takes the previous weights the writer keeps, or reads again (up to
+        ``attempts`` times, 10 ms apart).
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
         directory = Path(directory)
-        if not (directory / "plan.json").is_file():
-            raise FileNotFoundError(f"{directory} holds no plan.json: not a saved statlab plan")
-        document = json.loads((directory / "plan.json").read_text())
-        if document.get("format") != FORMAT_VERSION:
-            raise ValueError(f"plan format {document.get('format')} is not {FORMAT_VERSION}")
-        return cls(document["meta"], document["layers"], load_file(directory / "weights.safetensors"))
+        if not directory.is_dir():
+            what = "does not exist" if not directory.exists() else "is a file, not a plan directory"
+            raise PlanError(f"{directory} {what}: a plan is a directory holding {PLAN_FILE} and {WEIGHTS_FILE}")
+        for attempt in range(attempts):
+            document = _read_document(directory / PLAN_FILE)
+            record = document.get("weights")
+            for name in ((WEIGHTS_FILE, _BACKUP) if record else (WEIGHTS_FILE,)):
+                try:
+                    blob = (directory / name).read_bytes()
+                except FileNotFoundError:
+                    continue
+                except IsADirectoryError:
+                    raise PlanError(f"{directory / name} is a directory, not a safetensors file") from None
+                if record is None or hashlib.sha256(blob).hexdigest() == record.get("sha256"):
+                    break
+            else:
+                if attempt + 1 < attempts:
+                    time.sleep(0.01)
+                    continue
+                if not (directory / WEIGHTS_FILE).is_file():
+                    raise PlanError(f"{directory / WEIGHTS_FILE} is missing: the plan's weights are gone")
+                raise PlanError(f"{directory / WEIGHTS_FILE} does not match {directory / PLAN_FILE} (its SHA-256 "
+                                "differs from the one recorded): the file is damaged or was replaced")
+            break
+        try:
+            tensors = load(blob)
+        except (SafetensorError, ValueError, RuntimeError) as error:
+            raise PlanError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file ({error})") from None
+        plan = cls(document["meta"], document["layers"], tensors)
+        plan.check_consistency()
+        return plan
+
+    def check_consistency(self) -> None:
+        """Check the plan on its own (fields, kept indices, tensor shapes, finiteness); :class:`PlanError` names the field."""
+        if not isinstance(self.meta, dict):
+            raise PlanError(f"plan meta must be a JSON object, got {type(self.meta).__name__}")
+        missing = [k for k in _REQUIRED_META if k not in self.meta]
+        if missing:
+            raise PlanError(f"plan meta lacks {', '.join(missing)}")
+        if not isinstance(self.layers, list) or not self.layers:
+            raise PlanError("plan layers must be a non-empty list, one entry per transformer block")
+        expected = set()
+        for i, layer in enumerate(self.layers):
+            where = f"layers[{i}]"
+            if not isinstance(layer, dict):
+                raise PlanError(f"{where} must be an object, got {type(layer).__name__}")
+            missing = [k for k in _LAYER_KEYS if k not in layer]
+            if missing:
+                raise PlanError(f"{where} lacks {', '.join(missing)}")
+            if layer["index"] != i:
+                raise PlanError(f"{where}.index is {layer['index']!r}, expected {i} (layers missing or reordered)")
+            for part in ("attn", "mlp"):
+                _check_kept(layer[f"{part}_kept"], layer[f"{part}_units"], f"{where}.{part}_kept")
+                name = _tensor_name(i, part)
+                expected.add(name)
+                if name not in self.tensors:
+                    raise PlanError(f"the weights lack {name}")
+                tensor = self.tensors[name]
+                if tensor.ndim != 2 or not tensor.is_floating_point():
+                    raise PlanError(f"{name} must be a 2-D float tensor, got {tensor.dtype} of shape {tuple(tensor.shape)}")
+                if tensor.shape[1] % max(len(layer[f"{part}_kept"]), 1) and layer[f"{part}_kept"]:
+                    raise PlanError(f"{name} has {tensor.shape[1]} input columns, not a multiple of the "
+                                    f"{len(layer[f'{part}_kept'])} kept units")
+                if part == "mlp" and tensor.shape[1] != len(layer["mlp_kept"]):
+                    raise PlanError(f"{name} has {tensor.shape[1]} input columns for {len(layer['mlp_kept'])} kept neurons")
+        extra = sorted(set(self.tensors) - expected)
+        if extra:
+            raise PlanError(f"the weights hold tensors no layer uses: {', '.join(extra[:3])}")
+        _check_tensors(self.tensors, "the plan's weights")
 
     def check_model(self, model, blocks) -> None:
-        """Refuse a model the plan was not made from (architecture, config or weights differ)."""
+        """Refuse a model the plan was not made from (architecture, config, dtype or weights differ)."""
         model_type = getattr(model.config, "model_type", None)
         if model_type != self.meta["model_type"]:
             raise PlanMismatchError(f"plan is for a {self.meta['model_type']} model, got {model_type}")
         if config_hash(model) != self.meta["config_hash"]:
             raise PlanMismatchError("the model's configuration differs from the one the plan was made for")
-        if weights_fingerprint(model, blocks) != self.meta["fingerprint"]:
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        recorded = self.meta["fingerprint"]
+        if isinstance(recorded, str):  # format 1
+            if _legacy_fingerprint(model, blocks) != recorded:
+                raise PlanMismatchError(
+                    f"the model's weights differ from those of {self.meta['base']!r}, the plan's base model")
+            return
+        if dtype != self.meta["dtype"]:
             raise PlanMismatchError(
-                f"the model's weights differ from those of {self.meta['base']!r}, the plan's base model"
-            )
+                f"the plan was made on {self.meta['dtype']} weights and the model is {dtype}: load the base model "
+                f"as {self.meta['dtype']} to apply the plan (load_pruned(dir, dtype=...) converts afterwards)")
+        actual = weights_fingerprint(model, blocks)
+        differ = sorted(set(recorded) ^ set(actual)) + sorted(p for p in set(recorded) & set(actual)
+                                                             if recorded[p] != actual[p])
+        if differ:
+            shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+            raise PlanMismatchError(
+                f"the model's weights differ from those of {self.meta['base']!r}, the plan's base model, in: {shown}")
+
+    def check_against(self, model, adapter, blocks) -> None:
+        """Everything :meth:`apply` needs, checked before the model is touched."""
+        self.check_consistency()
+        self.check_model(model, blocks)
+        if len(self.layers) != len(blocks):
+            raise PlanError(f"the plan has {len(self.layers)} layers and the model {len(blocks)}")
+        for block, layer in zip(blocks, self.layers):
+            where = f"layers[{block.index}]"
+            attn_out, mlp_out = model.get_submodule(block.attn_out), model.get_submodule(block.mlp_out)
+            if layer["attn_units"] != block.units or layer["mlp_units"] != mlp_out.in_features:
+                raise PlanError(f"{where} counts {layer['attn_units']} attention units and {layer['mlp_units']} "
+                                f"neurons; the model has {block.units} and {mlp_out.in_features}")
+            for part, out, width in (("attn", attn_out, len(layer["attn_kept"]) * block.unit_size),
+                                     ("mlp", mlp_out, len(layer["mlp_kept"]))):
+                name = _tensor_name(block.index, part)
+                if tuple(self.tensors[name].shape) != (out.out_features, width):
+                    raise PlanError(f"{name} has shape {tuple(self.tensors[name].shape)}; the kept units need "
+                                    f"({out.out_features}, {width})")
 
     def apply(self, model):
-        """Prune ``model`` (a dense copy of the base model) in place; returns it."""
+        """Prune ``model`` (a dense copy of the base model) in place; returns it.
+
+        The whole plan is checked against the model first (:meth:`check_against`):
+        on any error nothing is changed.
+        """
         adapter = get_adapter(model)
         blocks = adapter.blocks(model)
-        self.check_model(model, blocks)
+        self.check_against(model, adapter, blocks)
         for block, layer in zip(blocks, self.layers):
-            apply_attention(model, adapter, block, layer["attn_kept"], self.tensors[f"layer.{block.index}.attn_out.weight"])
-            apply_mlp(model, block, layer["mlp_kept"], self.tensors[f"layer.{block.index}.mlp_out.weight"])
+            apply_attention(model, adapter, block, layer["attn_kept"], self.tensors[_tensor_name(block.index, "attn")])
+            apply_mlp(model, block, layer["mlp_kept"], self.tensors[_tensor_name(block.index, "mlp")])
         return model
+
+
+def _recover(directory: Path) -> None:
+    """Undo the half of a killed save: weights swapped in, ``plan.json`` not yet replaced.
+
+    The previous weights survive as a hard link; when they are the ones
+    ``plan.json`` records, they go back in place, so the directory is
+    consistent again before the next save touches it.
+    """
+    backup = directory / _BACKUP
+    if not backup.is_file():
+        return
+    try:
+        recorded = json.loads((directory / PLAN_FILE).read_text()).get("weights", {}).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded and hashlib.sha256(backup.read_bytes()).hexdigest() == recorded:
+        os.replace(backup, directory / WEIGHTS_FILE)
+    else:
+        backup.unlink()
+
+
+def _tensor_name(index: int, part: str) -> str:
+    """The one place tensor names are formed: ``layer.{i}.{attn|mlp}_out.weight``."""
+    return f"layer.{index}.{part}_out.weight"
+
+
+def _check_kept(kept, units, where) -> None:
+    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        raise PlanError(f"{where}: the unit count must be a positive integer, got {units!r}")
+    if not isinstance(kept, list) or any(isinstance(u, bool) or not isinstance(u, int) for u in kept):
+        raise PlanError(f"{where} must be a list of integer unit indices")
+    bad = [u for u in kept if not 0 <= u < units]
+    if bad:
+        raise PlanError(f"{where} holds indices outside 0..{units - 1}: {bad[:5]}")
+    if len(set(kept)) != len(kept):
+        raise PlanError(f"{where} repeats unit indices")
+
+
+def _check_tensors(tensors, what) -> None:
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise PlanError(f"{what}: {name} has NaN or Inf entries")
+
+
+def _read_document(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PlanError(f"{path.parent} holds no {PLAN_FILE}: not a saved statlab plan") from None
+    except IsADirectoryError:
+        raise PlanError(f"{path} is a directory, not a plan file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise PlanError(f"{path} cannot be read: {error}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PlanError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(document, dict):
+        raise PlanError(f"{path} must hold a JSON object, got a {type(document).__name__}")
+    if document.get("format") not in _READABLE_FORMATS:
+        raise PlanError(f"{path}: plan format {document.get('format')!r} is not one of {_READABLE_FORMATS}")
+    missing = [k for k in ("meta", "layers") if k not in document]
+    if missing:
+        raise PlanError(f"{path} lacks {', '.join(missing)}")
+    return document
 
 
 def apply_attention(model, adapter, block, kept, weight) -> None:
@@ -156,9 +453,17 @@ def apply_mlp(model, block, kept, weight) -> None:
 
 
 def load_pruned(directory, *, dtype=None):
-    """Load the base model named in a saved plan and apply the plan: ``(model, tokenizer, plan)``."""
+    """Load the base model named in a saved plan and apply the plan: ``(model, tokenizer, plan)``.
+
+    The base model is loaded in the dtype the plan was made on (its fingerprint
+    is of those weights), the plan applied, and the pruned model then converted
+    to ``dtype`` if another is asked for.
+    """
     from .models.loading import load_model
 
     plan = PruningPlan.load(directory)
-    model, tokenizer = load_model(plan.meta["base"], dtype=dtype or getattr(torch, plan.meta["dtype"]))
-    return plan.apply(model), tokenizer, plan
+    model, tokenizer = load_model(plan.meta["base"], dtype=getattr(torch, plan.meta["dtype"]))
+    plan.apply(model)
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        model = model.to(dtype)
+    return model, tokenizer, plan
