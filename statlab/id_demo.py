@@ -102,12 +102,9 @@ def run(*, sentences: int = 256, seed: int = 0, out: str | Path = "out/demo") ->
 
 
 def _plot_curves(curves, path: Path) -> Path:
-    import matplotlib
+    from statlab.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, curve in enumerate(curves):
         ax.semilogy(np.arange(len(curve)), curve, label=f"layer {i}")
@@ -116,8 +113,6 @@ def _plot_curves(curves, path: Path) -> Path:
     ax.set_title("MiniLM MLP activations: weighted pivot decay\n(statlab demo, SST-2 calibration)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path

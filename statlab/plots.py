@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, on the Agg backend outside notebooks (figures are saved, not shown)."""
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
@@ -41,7 +42,7 @@ def plot_plan(plan, path=None, *, title=None):
     -------
     matplotlib.figure.Figure
     """
-    plt = _pyplot()
+    plt = pyplot()
     layers = plan.layers
     x = np.arange(len(layers))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -78,7 +79,7 @@ def plot_plan(plan, path=None, *, title=None):
 def plot_curve(results, metric, path=None, *, title="", xlabel="MAC fraction kept"):
     """Metric vs budget, one line per method: ``results`` is a list of dicts with
     ``method``, ``budget`` and ``metrics``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for method in dict.fromkeys(r["method"] for r in results):
         rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["budget"])
@@ -95,10 +96,7 @@ def plot_curve(results, metric, path=None, *, title="", xlabel="MAC fraction kep
 
 
 def save_figure(fig, path) -> Path:
-    """Write a PNG atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    tmp.replace(path)
-    return path
+    """Write a PNG atomically (:func:`statlab.files.atomic_write`)."""
+    from .files import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
