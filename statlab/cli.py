@@ -25,12 +25,6 @@ DEFAULT_WINDOW = 512  # tokens per perplexity / calibration window on CPU (2048 
 CPU_MAX_TOKENS = 32768  # perplexity on the CPU: the first whole windows up to this many tokens
 
 
-def _quiet_transformers():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-
-
 def _report(args):
     """Where human-readable lines go: stdout, or stderr when stdout carries JSON."""
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout
@@ -74,8 +68,7 @@ def run_prune(args) -> dict:
     from statlab.plots import plot_plan
 
     say = _report(args)
-    _quiet_transformers()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, quiet=True)
     batches, calib = calibration_batches(tokenizer, args.task, size=args.calibration_size,
                                          source=args.calibration_source, seed=args.seed, window=args.window)
     n_units = max(model.get_submodule(b.mlp_out).in_features for b in statlab.models.get_adapter(model).blocks(model))
@@ -116,13 +109,12 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
     from statlab.models.loading import load_model
     from statlab.plan import PruningPlan
 
-    _quiet_transformers()
     plan = None
     if (Path(model_or_dir) / "plan.json").is_file():
         plan = PruningPlan.load(model_or_dir)
-        model, tokenizer = load_model(plan.meta["base"])
+        model, tokenizer = load_model(plan.meta["base"], quiet=True)
     else:
-        model, tokenizer = load_model(model_or_dir)
+        model, tokenizer = load_model(model_or_dir, quiet=True)
     seq_len = cost_seq_len(task, window)
     dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
     probe = None
@@ -184,7 +176,6 @@ def run_compare(args) -> dict:
     from statlab import compare
 
     say = _report(args)
-    _quiet_transformers()
     result = compare.compare(args.model, args.task, args.methods.split(","), [float(b) for b in args.budgets.split(",")],
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
                              max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say)

@@ -57,7 +57,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     bad = [b for b in budgets if not 0 < b <= 1]
     if bad:
         raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
-    dense, tokenizer = load_model(model_name)
+    dense, tokenizer = load_model(model_name, quiet=True)
     seq_len = cost_seq_len(task, window)
     batches, calib = calibration_batches(tokenizer, task, size=calibration_size, seed=seed, window=window)
     probe = None

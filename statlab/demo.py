@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import statlab
-from statlab.cli import EVAL_SEQ_LEN, _quiet_transformers, calibration_batches
+from statlab.cli import EVAL_SEQ_LEN, calibration_batches
 from statlab.costs import block_macs
 from statlab.evaluate import count_parameters, latency, stsb_spearman
 from statlab.models.loading import load_model
@@ -24,9 +24,8 @@ from statlab.plots import plot_plan
 
 def run(*, mac_fraction=0.5, calibration_size=512, out="out/demo", say=print) -> dict:
     """Prune ``minilm`` to ``mac_fraction`` of its MACs; print and return dense vs pruned."""
-    _quiet_transformers()
     out = Path(out)
-    dense, tokenizer = load_model("minilm")
+    dense, tokenizer = load_model("minilm", quiet=True)
     model = copy.deepcopy(dense)
     batches, calib = calibration_batches(tokenizer, "stsb", size=calibration_size)
     say(f"all-MiniLM-L6-v2: calibrating on {calib['examples']} {calib['source']} sentences "

