@@ -13,53 +13,25 @@ import sys
 import time
 from pathlib import Path
 
-# STS-B has no training split offline; calibration comes from another task's
-# training sentences: MRPC, measured best on the tune half of STS-B dev (README "Calibration defaults").
-DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
-EVAL_SEQ_LEN = 128
+from statlab.calibration import (
+    CPU_MAX_TOKENS,
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_CALIBRATION_SOURCE,
+    DEFAULT_CALIBRATION_WINDOWS,
+    DEFAULT_WINDOW,
+    EVAL_SEQ_LEN,  # noqa: F401 (re-exported for code written against statlab.cli)
+    calibration_batches,
+    cost_seq_len,
+)
+
 # the names in statlab.methods.METHODS, spelled out so that `--help` need not import torch
 METHOD_NAMES = ("stat", "goa", "slimllm", "activation", "magnitude", "random")
-DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
-DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
-DEFAULT_WINDOW = 512  # tokens per perplexity / calibration window on CPU (2048 in the Llama-2 protocol)
-CPU_MAX_TOKENS = 32768  # perplexity on the CPU: the first whole windows up to this many tokens
 
 
 def _report(args):
     """Where human-readable lines go: stdout, or stderr when stdout carries JSON."""
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout
     return lambda *parts: print(*parts, file=stream, flush=True)
-
-
-def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_length=128, batch_size=64,
-                        window=DEFAULT_WINDOW):
-    """Tokenised calibration batches for ``task`` and a description of them.
-
-    Encoder tasks: ``size`` sentences (default 512) of ``source``'s training split,
-    padded batches. ``wikitext2`` (decoders): ``size`` windows (default 128) of
-    ``window`` tokens from WikiText-2 validation.
-    """
-    from statlab.data import calibration_texts, calibration_windows, tokenize_batches
-
-    if task == "wikitext2":
-        size = size or DEFAULT_CALIBRATION_WINDOWS
-        batches = calibration_windows(tokenizer, size, window=window, seed=seed)
-        return batches, {"source": "wikitext2 validation windows", "examples": size, "window": window,
-                         "tokens": size * window, "seed": seed}
-    size = size or DEFAULT_CALIBRATION_SIZE
-    source = source or DEFAULT_CALIBRATION_SOURCE[task]
-    texts = calibration_texts(source, size, seed=seed)
-    # similar lengths in a batch waste less on padding
-    texts = sorted(texts, key=len)
-    batches = tokenize_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    return batches, {"source": f"{source} train" if source != "wikitext2" else "wikitext2 validation",
-                     "examples": size, "tokens": tokens, "max_length": max_length, "seed": seed}
-
-
-def cost_seq_len(task, window=DEFAULT_WINDOW):
-    """The reference length of the MAC model: the window for perplexity, else ``EVAL_SEQ_LEN``."""
-    return window if task == "wikitext2" else EVAL_SEQ_LEN
 
 
 def run_prune(args) -> dict:

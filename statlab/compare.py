@@ -45,7 +45,8 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         "macs", "params", "prune_seconds", "kept"}]}``.
     """
     import statlab
-    from statlab.cli import calibration_batches, cost_seq_len, task_metrics
+    from statlab.calibration import calibration_batches, cost_seq_len
+    from statlab.cli import task_metrics
     from statlab.costs import block_macs
     from statlab.evaluate import count_parameters
     from statlab.methods import METHODS

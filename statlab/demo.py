@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import statlab
-from statlab.cli import EVAL_SEQ_LEN, calibration_batches
+from statlab.calibration import EVAL_SEQ_LEN, calibration_batches
 from statlab.costs import block_macs
 from statlab.evaluate import count_parameters, latency, stsb_spearman
 from statlab.models.loading import load_model

@@ -1,0 +1,88 @@
+"""Calibration data for pruning, and the lengths the evaluation protocol measures at.
+
+Which text a task is calibrated on, how much of it, and the sequence length its
+MACs are counted at. Nothing here imports torch until a function runs, so the
+command line can show these defaults in ``--help`` without loading it.
+"""
+
+from __future__ import annotations
+
+# STS-B has no training split offline; calibration comes from another task's
+# training sentences: MRPC, measured best on the tune half of STS-B dev (README "Calibration defaults").
+DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
+EVAL_SEQ_LEN = 128
+DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
+DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
+DEFAULT_WINDOW = 512  # tokens per perplexity / calibration window on CPU (2048 in the Llama-2 protocol)
+CPU_MAX_TOKENS = 32768  # perplexity on the CPU: the first whole windows up to this many tokens
+
+
+def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_length=128, batch_size=64,
+                        window=DEFAULT_WINDOW):
+    """Tokenised calibration batches for ``task`` and a description of them.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+        Encoder tasks: ``size`` sentences of ``source``'s training split, sorted
+        by length and padded per batch. ``wikitext2`` (decoders): ``size``
+        windows of ``window`` tokens from WikiText-2 validation.
+    size : int, optional
+        Sentences (default :data:`DEFAULT_CALIBRATION_SIZE`) or, for
+        ``wikitext2``, windows (default :data:`DEFAULT_CALIBRATION_WINDOWS`).
+    source : {"sst2", "mrpc", "wikitext2"}, optional
+        Encoder tasks: where the sentences come from; default
+        :data:`DEFAULT_CALIBRATION_SOURCE` of the task.
+    seed : int
+        Seed of the sample.
+    max_length : int
+        Encoder tasks: tokens per sentence at most (longer ones are truncated).
+    batch_size : int
+        Encoder tasks: sentences per batch.
+    window : int
+        ``wikitext2``: tokens per window.
+
+    Returns
+    -------
+    batches : list of dict of Tensor
+        Encoder tasks: ``input_ids`` and ``attention_mask`` of shape (B, T),
+        ``T <= max_length``. ``wikitext2``: ``input_ids`` of shape (B, window).
+    description : dict
+        ``source``, ``examples``, ``tokens`` (non-padding tokens in all
+        batches), ``seed`` and ``max_length`` or ``window``; recorded in the
+        plan's metadata.
+    """
+    from statlab.data import calibration_texts, calibration_windows, tokenize_batches
+
+    if task == "wikitext2":
+        size = size or DEFAULT_CALIBRATION_WINDOWS
+        batches = calibration_windows(tokenizer, size, window=window, seed=seed)
+        return batches, {"source": "wikitext2 validation windows", "examples": size, "window": window,
+                         "tokens": size * window, "seed": seed}
+    size = size or DEFAULT_CALIBRATION_SIZE
+    source = source or DEFAULT_CALIBRATION_SOURCE[task]
+    texts = calibration_texts(source, size, seed=seed)
+    # similar lengths in a batch waste less on padding
+    texts = sorted(texts, key=len)
+    batches = tokenize_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return batches, {"source": f"{source} train" if source != "wikitext2" else "wikitext2 validation",
+                     "examples": size, "tokens": tokens, "max_length": max_length, "seed": seed}
+
+
+def cost_seq_len(task, window=DEFAULT_WINDOW):
+    """The reference length of the MAC model.
+
+    Parameters
+    ----------
+    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    window : int
+        The perplexity window of ``wikitext2``.
+
+    Returns
+    -------
+    int
+        ``window`` for ``wikitext2``, else :data:`EVAL_SEQ_LEN`.
+    """
+    return window if task == "wikitext2" else EVAL_SEQ_LEN
