@@ -69,67 +69,9 @@ def run_prune(args) -> dict:
             "method": args.method, "calibration": calib}
 
 
-def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WINDOW, max_tokens="auto"):
-    """Metrics and costs of a model name/path or a saved plan directory (see ``statlab eval``).
-
-    ``wikitext2``: perplexity over the first whole ``window``-token windows of the
-    test split up to ``max_tokens`` (``"auto"``: CPU_MAX_TOKENS on the CPU, the
-    whole split on a GPU; None: the whole split); the metrics say how many tokens.
-    """
-    from statlab.costs import block_macs
-    from statlab.evaluate import count_parameters, fit_probe
-    from statlab.models.loading import load_model
-    from statlab.plan import PruningPlan
-
-    plan = None
-    if (Path(model_or_dir) / "plan.json").is_file():
-        plan = PruningPlan.load(model_or_dir)
-        model, tokenizer = load_model(plan.meta["base"], quiet=True)
-    else:
-        model, tokenizer = load_model(model_or_dir, quiet=True)
-    seq_len = cost_seq_len(task, window)
-    dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
-    probe = None
-    if task in ("sst2", "mrpc"):
-        from statlab.evaluate import Probe
-
-        saved = Path(model_or_dir) / f"probe-{task}"
-        probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
-    if plan is not None:
-        plan.apply(model)
-    metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window, max_tokens=max_tokens)
-    return {"task": task, "metrics": metrics, "macs": block_macs(model, seq_len), "dense_macs": dense_macs,
-            "params": count_parameters(model), "dense_params": dense_params, "seq_len": seq_len}
-
-
-def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAULT_WINDOW, max_tokens="auto"):
-    """The metrics of an in-memory model on ``task`` (a probe fitted on the dense model for sst2/mrpc)."""
-    from statlab.evaluate import evaluate_task
-
-    if task == "wikitext2":
-        return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
-    metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
-    metrics.pop("task", None)
-    return metrics
-
-
-def decoder_perplexity(model, tokenizer, *, window=DEFAULT_WINDOW, max_tokens="auto", batch_size=None):
-    """WikiText-2 test perplexity of a causal LM; ``max_tokens`` as in :func:`evaluate_model`."""
-    import torch
-
-    from statlab.data import token_windows
-    from statlab.evaluate import perplexity
-
-    on_gpu = next(model.parameters()).device.type != "cpu"
-    if max_tokens == "auto":
-        max_tokens = None if on_gpu else CPU_MAX_TOKENS
-    windows = token_windows(tokenizer, "test", window=window, max_tokens=max_tokens)
-    with torch.no_grad():
-        result = perplexity(model, windows, batch_size=batch_size or (8 if on_gpu else 1))
-    return {**result, "window": window, "max_tokens": max_tokens}
-
-
 def run_eval(args) -> dict:
+    from statlab.evaluate import evaluate_model
+
     say = _report(args)
     result = evaluate_model(args.model, args.task, limit=args.limit, seed=args.seed, window=args.window,
                             max_tokens=args.max_tokens)

@@ -46,9 +46,8 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     """
     import statlab
     from statlab.calibration import calibration_batches, cost_seq_len
-    from statlab.cli import task_metrics
     from statlab.costs import block_macs
-    from statlab.evaluate import count_parameters
+    from statlab.evaluate import count_parameters, task_metrics
     from statlab.methods import METHODS
     from statlab.models.loading import load_model
 

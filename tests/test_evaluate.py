@@ -228,7 +228,7 @@ def test_stsb_halves_partition_the_dev_set(monkeypatch):
         v[:, 0] += torch.linspace(0, 1, n)
         return torch.ones(n, 4), v
 
-    monkeypatch.setattr(evaluate, "_embed_pairs", fake_pairs)
+    monkeypatch.setattr(evaluate.encoders, "_embed_pairs", fake_pairs)
     for half in ("tune", "report"):
         evaluate.stsb_spearman(None, None, half=half)
     assert seen["sizes"] == [750, 750]

@@ -1,0 +1,57 @@
+"""Evaluation of dense and pruned models (DESIGN §4); nothing here prunes.
+
+Encoders (:mod:`.encoders`): STS-B dev Spearman of cosine similarities of
+mean-pooled embeddings; SST-2 / MRPC dev metrics of a linear probe
+(:mod:`.probe`) fitted on the *dense* model's features and kept fixed while the
+encoder is pruned. Decoders (:mod:`.decoders`): perplexity over
+non-overlapping token windows. Efficiency (:mod:`.efficiency`): parameters,
+measured FLOPs, latency. :mod:`.tasks` answers "the metrics of this model on
+this task" for all of them.
+
+Functions that run the model put it in eval mode for their duration and restore
+the previous mode; loops over many batches show a tqdm bar, which
+``disable_progress=True`` hides (``None``, the default, hides it off a terminal).
+"""
+
+from __future__ import annotations
+
+from .decoders import CPU_MAX_TOKENS, decoder_perplexity, perplexity
+from .efficiency import count_parameters, latency, measured_flops
+from .encoders import STSB_HALVES, mean_pooled_embeddings, stsb_spearman
+from .probe import DEFAULT_L2, PROBE_TASKS, Probe, fit_probe, probe_metrics
+from .tasks import EVAL_TASKS, evaluate_model, evaluate_task, task_metrics
+
+# the private helpers keep the address they had when this was one module (statlab/evaluate.py);
+# patch them where they live (statlab.evaluate.encoders._embed_pairs, ...), not here
+from ._common import _device, _eval_mode, _model_inputs, _spread_rows  # noqa: F401
+from .efficiency import _synchronize  # noqa: F401
+from .encoders import _MAX_LENGTH, _embed_pairs, _embed_texts  # noqa: F401
+from .probe import (  # noqa: F401
+    _CONSTANT_FEATURE,
+    _PROBE_FORMAT,
+    _binary_f1,
+    _check_probe_task,
+    _logistic_regression,
+    _probe_features,
+)
+
+__all__ = [
+    "CPU_MAX_TOKENS",
+    "DEFAULT_L2",
+    "EVAL_TASKS",
+    "PROBE_TASKS",
+    "STSB_HALVES",
+    "Probe",
+    "count_parameters",
+    "decoder_perplexity",
+    "evaluate_model",
+    "evaluate_task",
+    "fit_probe",
+    "latency",
+    "mean_pooled_embeddings",
+    "measured_flops",
+    "perplexity",
+    "probe_metrics",
+    "stsb_spearman",
+    "task_metrics",
+]

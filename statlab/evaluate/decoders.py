@@ -1,0 +1,88 @@
+"""Decoder evaluation: perplexity over independent token windows, and the WikiText-2 protocol around it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from statlab.calibration import CPU_MAX_TOKENS, DEFAULT_WINDOW
+from statlab.data import token_windows
+
+from ._common import _device, _eval_mode
+
+
+def perplexity(
+    model, windows: torch.Tensor, *, batch_size: int = 1, disable_progress: bool | None = None
+) -> dict:
+    """Perplexity of a causal LM over independent token windows (DESIGN §4).
+
+    ``exp(sum_w sum_{t>=1} -log p(x_wt | x_w<t) / (W (T - 1)))``: each window is
+    scored on its own (no context from the previous one), so ``T - 1`` tokens
+    per window are predicted.
+
+    Parameters
+    ----------
+    model : transformers causal LM returning ``logits (B, T, V)``
+    windows : Tensor of int64, shape (W, T)
+        From :func:`statlab.data.token_windows`.
+    batch_size : int
+        Windows per forward pass.
+    disable_progress : bool or None
+
+    Returns
+    -------
+    dict
+        ``perplexity`` (float), ``tokens`` (predicted tokens, ``W (T - 1)``)
+        and ``windows`` (``W``).
+    """
+    if windows.ndim != 2 or windows.shape[0] < 1 or windows.shape[1] < 2:
+        raise ValueError(
+            f"windows must have shape (W, T) with W >= 1 and T >= 2, got {tuple(windows.shape)}; "
+            f"build them with statlab.data.token_windows."
+        )
+    device = _device(model)
+    nll = torch.zeros((), dtype=torch.float64)
+    chunks = windows.split(batch_size)
+    with _eval_mode(model), torch.inference_mode():
+        for chunk in tqdm(chunks, desc="perplexity", unit="batch", disable=disable_progress):
+            ids = chunk.to(device)  # (B, T)
+            logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V)
+            targets = ids[:, 1:].reshape(-1)  # (B (T - 1),)
+            scores = logits[:, :-1].reshape(targets.numel(), -1).float()  # (B (T - 1), V)
+            nll += F.cross_entropy(scores, targets, reduction="sum").double().cpu()
+    count, length = windows.shape
+    tokens = count * (length - 1)
+    return {"perplexity": math.exp(nll.item() / tokens), "tokens": tokens, "windows": count}
+
+
+def decoder_perplexity(model, tokenizer, *, window=DEFAULT_WINDOW, max_tokens="auto", batch_size=None):
+    """WikiText-2 test perplexity of a causal LM over its first whole windows.
+
+    Parameters
+    ----------
+    model, tokenizer : transformers causal LM and its tokenizer
+    window : int
+        Tokens per window (2048 in the Llama-2 protocol).
+    max_tokens : int, None or "auto"
+        Score the first whole ``window``-token windows of the test split up to
+        this many tokens; None: the whole split; ``"auto"``:
+        :data:`CPU_MAX_TOKENS` on the CPU, the whole split on a GPU.
+    batch_size : int, optional
+        Windows per forward pass; default 8 on a GPU, 1 on the CPU.
+
+    Returns
+    -------
+    dict
+        :func:`perplexity`'s ``perplexity``, ``tokens`` and ``windows``, with
+        ``window`` and ``max_tokens`` (``"auto"`` resolved).
+    """
+    on_gpu = _device(model).type != "cpu"
+    if max_tokens == "auto":
+        max_tokens = None if on_gpu else CPU_MAX_TOKENS
+    windows = token_windows(tokenizer, "test", window=window, max_tokens=max_tokens)
+    with torch.no_grad():
+        result = perplexity(model, windows, batch_size=batch_size or (8 if on_gpu else 1))
+    return {**result, "window": window, "max_tokens": max_tokens}

@@ -1,0 +1,147 @@
+"""One entry point per question: the metrics of a model on a task, and its costs beside them.
+
+:func:`evaluate_task` scores an encoder (STS-B, or SST-2 / MRPC through a
+probe), :func:`task_metrics` adds WikiText-2 perplexity for decoders, and
+:func:`evaluate_model` loads a model name/path or a saved plan first (what
+``statlab eval`` runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from statlab.calibration import DEFAULT_WINDOW, cost_seq_len
+from statlab.costs import block_macs
+from statlab.plan import PruningPlan
+
+from .decoders import decoder_perplexity
+from .efficiency import count_parameters
+from .encoders import stsb_spearman
+from .probe import PROBE_TASKS, Probe, fit_probe, probe_metrics
+
+EVAL_TASKS = ("stsb", "sst2", "mrpc")
+
+
+def evaluate_task(
+    model,
+    tokenizer,
+    task: str,
+    *,
+    probe: Probe | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    disable_progress: bool | None = None,
+) -> dict:
+    """Metrics of an encoder on one task: ``stsb``, or ``sst2`` / ``mrpc`` with a probe.
+
+    Parameters
+    ----------
+    model, tokenizer : transformers encoder and its tokenizer
+    task : {"stsb", "sst2", "mrpc"}
+    probe : Probe, optional
+        Required for ``sst2`` and ``mrpc``; fitted on the dense model.
+    limit : int, optional
+        Evaluate only ``limit`` dev examples spread evenly over the set.
+    batch_size : int
+    disable_progress : bool or None
+
+    Returns
+    -------
+    dict
+        ``task`` and the metrics of :func:`stsb_spearman` or :func:`probe_metrics`.
+    """
+    options = {"limit": limit, "batch_size": batch_size, "disable_progress": disable_progress}
+    if task == "stsb":
+        return {"task": task, **stsb_spearman(model, tokenizer, **options)}
+    if task not in PROBE_TASKS:
+        raise ValueError(
+            f"unknown task {task!r}; evaluate_task supports {', '.join(EVAL_TASKS)}. For "
+            f"WikiText-2 use perplexity(model, statlab.data.token_windows(tokenizer))."
+        )
+    if probe is None:
+        raise ValueError(
+            f"task {task!r} needs a probe fitted on the dense model: "
+            f"probe = fit_probe(dense_model, tokenizer, {task!r})"
+        )
+    if probe.task != task:
+        raise ValueError(f"the probe was fitted for {probe.task!r}, not {task!r}")
+    return {"task": task, **probe_metrics(model, tokenizer, probe, **options)}
+
+
+def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAULT_WINDOW, max_tokens="auto"):
+    """The metrics of an in-memory model on ``task``.
+
+    Parameters
+    ----------
+    model, tokenizer : transformers encoder or causal LM and its tokenizer
+    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    probe : Probe, optional
+        Required for ``sst2`` and ``mrpc``; fitted on the dense model.
+    limit : int, optional
+        Encoder tasks: evaluate only ``limit`` dev examples spread evenly over the set.
+    window, max_tokens
+        ``wikitext2``: as in :func:`statlab.evaluate.decoders.decoder_perplexity`.
+
+    Returns
+    -------
+    dict
+        The metrics of :func:`evaluate_task` (without ``task``) or of
+        :func:`~statlab.evaluate.decoders.decoder_perplexity`.
+    """
+    if task == "wikitext2":
+        return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
+    metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
+    metrics.pop("task", None)
+    return metrics
+
+
+def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WINDOW, max_tokens="auto"):
+    """Metrics and costs of a model name/path or a saved plan directory (what ``statlab eval`` runs).
+
+    A plan directory loads its base model, takes the probe saved beside the plan
+    (``probe-<task>``) or fits one on the dense model, then applies the plan.
+
+    Parameters
+    ----------
+    model_or_dir : str or os.PathLike
+        A short name, hub id or model directory
+        (:func:`statlab.models.loading.load_model`), or a directory holding a
+        ``plan.json``.
+    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    limit : int, optional
+        Encoder tasks: evaluate only ``limit`` dev examples.
+    seed : int
+        Seed of the probe fitted when none is saved (sst2, mrpc).
+    window, max_tokens
+        ``wikitext2``: perplexity over the first whole ``window``-token windows
+        of the test split up to ``max_tokens`` (``"auto"``: ``CPU_MAX_TOKENS``
+        on the CPU, the whole split on a GPU; None: the whole split); the
+        metrics say how many tokens.
+
+    Returns
+    -------
+    dict
+        ``task``, ``metrics`` (of :func:`task_metrics`), ``macs`` and
+        ``dense_macs`` (attention + MLP blocks, one ``seq_len``-token
+        sequence), ``params``, ``dense_params`` and ``seq_len``
+        (:func:`statlab.calibration.cost_seq_len`).
+    """
+    from statlab.models.loading import load_model  # transformers loads only when a model does
+
+    plan = None
+    if (Path(model_or_dir) / "plan.json").is_file():
+        plan = PruningPlan.load(model_or_dir)
+        model, tokenizer = load_model(plan.meta["base"], quiet=True)
+    else:
+        model, tokenizer = load_model(model_or_dir, quiet=True)
+    seq_len = cost_seq_len(task, window)
+    dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
+    probe = None
+    if task in PROBE_TASKS:
+        saved = Path(model_or_dir) / f"probe-{task}"
+        probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
+    if plan is not None:
+        plan.apply(model)
+    metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window, max_tokens=max_tokens)
+    return {"task": task, "metrics": metrics, "macs": block_macs(model, seq_len), "dense_macs": dense_macs,
+            "params": count_parameters(model), "dense_params": dense_params, "seq_len": seq_len}
