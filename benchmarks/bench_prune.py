@@ -25,7 +25,7 @@ def run_case(case: str, mac_fraction: float, backend: str) -> dict:
     import transformers
 
     import statlab
-    from statlab.cli import calibration_batches
+    from statlab.calibration import calibration_batches
 
     transformers.logging.set_verbosity_error()
     if case == "minilm":

@@ -83,7 +83,7 @@ def main() -> None:
     device = torch.device(args.device)
     budget = {"mac_fraction": args.mac_fraction} if args.mac_fraction is not None else {"sparsity": args.sparsity}
     if args.shape == "smollm2":
-        from statlab.cli import calibration_batches
+        from statlab.calibration import calibration_batches
         from statlab.models.loading import load_model
 
         dense, tokenizer = load_model("smollm2")

@@ -34,7 +34,7 @@ def main() -> None:
     import transformers
 
     import statlab
-    from statlab.cli import EVAL_SEQ_LEN, calibration_batches
+    from statlab.calibration import EVAL_SEQ_LEN, calibration_batches
     from statlab.costs import block_macs
     from statlab.evaluate import stsb_spearman
     from statlab.models.loading import load_model

@@ -34,7 +34,7 @@ def main() -> None:
     import transformers
 
     import statlab
-    from statlab.cli import calibration_batches
+    from statlab.calibration import calibration_batches
     from statlab.costs import block_macs
     from statlab.data import token_windows
     from statlab.evaluate import count_parameters, perplexity

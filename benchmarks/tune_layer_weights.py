@@ -20,7 +20,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import statlab
-    from statlab.cli import calibration_batches
+    from statlab.calibration import calibration_batches
     from statlab.evaluate import stsb_spearman
     from statlab.methods import Stat
     from statlab.models.loading import load_model
