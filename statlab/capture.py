@@ -8,13 +8,25 @@ backend) or into NumPy matrices (reference backend).
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from statlab.fast import GramAccumulator, NonFiniteActivationError
+from statlab.inputs import check_calibration, model_inputs
+
+BACKENDS = ("fast", "reference")
+
+
+def _linear(model, label, path):
+    """The linear map a capture target names, or a ValueError saying what the path is instead."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"capture target {label!r}: the model has no module {path!r}") from None
+    if not isinstance(getattr(module, "in_features", None), int):
+        raise ValueError(f"capture target {label!r}: {path} is a {type(module).__name__}, not a linear map")
+    return module
 
 
 class _StopForward(Exception):
@@ -127,13 +139,22 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     Returns
     -------
     dict[str, GramAccumulator | MatrixRecorder | list]
+
+    Raises
+    ------
+    TypeError, CalibrationError
+        Batches :func:`statlab.inputs.check_calibration` refuses.
+    ValueError
+        An unknown backend, or a target that is not a linear map of the model.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_calibration(batches, model)
     device = next(model.parameters()).device
-    accepted = inspect.signature(model.forward).parameters  # DistilBERT takes no token_type_ids
     recorders, handles = {}, []
     state = {"mask": None, "seen": set()}
     for label, path in targets.items():
-        linear = model.get_submodule(path)
+        linear = _linear(model, label, path)
         n = linear.in_features
         recorders[label] = (GramAccumulator(n, device=device, precision=precision, name=label) if backend == "fast"
                             else MatrixRecorder(n, label))
@@ -160,9 +181,7 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
             for i, batch in enumerate(tqdm(batches, desc=desc or "capture", leave=False, disable=None)):
                 if replay is not None:
                     replay.batch = i
-                batch = {k: v.to(device) for k, v in batch.items() if k in accepted}
-                if "use_cache" in accepted:
-                    batch["use_cache"] = False  # decoders: no KV cache for a capture pass
+                batch = model_inputs(model, batch)
                 mask = batch.get("attention_mask")
                 state["mask"] = None if mask is None else mask.bool()
                 state["seen"] = set()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from statlab.inputs import check_int, check_ridge
 from statlab.reference import budget as budget_lib
 
 
@@ -120,8 +121,8 @@ class PruningMethod:
     propagates = False
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0):
-        self.seed = seed
-        self.ridge = ridge
+        self.seed = check_int("seed", seed, minimum=0)
+        self.ridge = check_ridge(ridge)
         self.label = self.name  # what plans and progress bars call this configuration
 
     def prepare(self, model, adapter, blocks, calibration) -> None:

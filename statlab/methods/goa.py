@@ -91,13 +91,13 @@ deviation:
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 
 import numpy as np
 import torch
 
 from statlab.fast.id import _solve_psd, interpolation_coefficients
+from statlab.inputs import model_inputs
 
 from .base import ModuleStats, PruningMethod, gram_of, unit_columns
 
@@ -216,16 +216,6 @@ def refit_output_map(W: torch.Tensor, G: torch.Tensor, cols: torch.Tensor, error
 
 class _Stop(Exception):
     """Raised in a hook once a layer call has produced what was wanted."""
-
-
-def model_inputs(model, batch: dict) -> dict:
-    """``batch`` on the model's device, keys its forward accepts, no KV cache (as :mod:`statlab.capture`)."""
-    device = next(model.parameters()).device
-    accepted = inspect.signature(model.forward).parameters
-    inputs = {k: v.to(device) for k, v in batch.items() if k in accepted}
-    if "use_cache" in accepted:
-        inputs["use_cache"] = False
-    return inputs
 
 
 def token_mask(inputs: dict):

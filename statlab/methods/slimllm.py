@@ -95,8 +95,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from statlab.inputs import model_inputs
+
 from .base import PruningMethod, SizeChoice, gram_of, unit_columns
-from .goa import model_inputs, token_mask
+from .goa import token_mask
 
 # --------------------------------------------------------------------------- attention: Pearson similarity
 
