@@ -24,24 +24,22 @@ from tqdm import tqdm
 
 from statlab.reference import budget as budget_lib
 
-from .capture import LayerReplay, capture
+from .capture import BACKENDS, LayerReplay, capture
 from .costs import module_costs
 from .fast.gram import accumulation_dtype
+from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters, check_int,
+                     check_real, check_ridge)
 from .methods import METHODS, ModuleStats, PruningMethod, get_method
 from .models import get_adapter
 from .offload import BlocksOnDemand
 from .plan import PruningPlan, apply_attention, apply_mlp, config_hash, weights_fingerprint
 
-BACKENDS = ("fast", "reference")
-
-
-class CalibrationError(ValueError):
-    """Calibration data that is empty or too small for the model."""
-
 
 def _check_budget(mac_fraction, sparsity):
     if (mac_fraction is None) == (sparsity is None):
         raise ValueError("give exactly one budget: mac_fraction=μ (MACs kept) or sparsity=s (parameters removed)")
+    mac_fraction = check_real("mac_fraction", mac_fraction, allow_none=True)
+    sparsity = check_real("sparsity", sparsity, allow_none=True)
     if mac_fraction is not None:
         if not 0 < mac_fraction <= 1:
             raise ValueError(f"mac_fraction must lie in (0, 1], got {mac_fraction}")
@@ -52,8 +50,7 @@ def _check_budget(mac_fraction, sparsity):
 
 
 def _check_calibration(calibration, blocks, model):
-    if not calibration:
-        raise CalibrationError("the calibration set is empty: pass a list of tokenised batches")
+    check_calibration(calibration, model)
     tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                  for b in calibration)
     widest = max(model.get_submodule(b.mlp_out).in_features for b in blocks)
@@ -79,7 +76,9 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     model : transformers.PreTrainedModel
         A supported model (see :func:`statlab.models.get_adapter`), dense.
     calibration : list of dict
-        Tokenised unlabeled batches (``input_ids``, ``attention_mask``); padding is excluded.
+        Tokenised unlabeled batches: ``input_ids`` int tensors (batch, seq) and,
+        where padded, the ``attention_mask`` of the same shape (padding is
+        excluded); checked by :func:`statlab.inputs.check_calibration`.
     mac_fraction : float in (0, 1], optional
         μ: MACs of the pruned blocks / dense MACs at ``seq_len`` tokens (STAT's budget).
     sparsity : float in [0, 1), optional
@@ -101,7 +100,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         dense pass for every block (the one-pass variant); only for methods that
         propagate (``stat``).
     ridge : float
-        Relative ridge of the least-squares corrections.
+        Relative ridge of the least-squares corrections, finite and >= 0.
     seq_len : int, optional
         Reference length of the MAC model; default the calibration's longest batch.
     base : str, optional
@@ -124,8 +123,25 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     Returns
     -------
     PruningPlan
+
+    Raises
+    ------
+    TypeError, ValueError
+        An option of the wrong type or outside its range, or calibration that
+        is not a list of dicts of tensors; both before any work.
+    CalibrationError
+        Calibration that is empty, too small, or malformed (the message names the batch).
+    NonFiniteWeightError
+        NaN/Inf in a parameter (before any work) or in a new output map (the
+        message names the layer and module; the layers below are then pruned).
+
+    The model runs in eval mode (no dropout) and gets its modes back at the end,
+    also on error.
     """
     budget, fraction = _check_budget(mac_fraction, sparsity)
+    ridge = check_ridge(ridge)
+    seed = check_int("seed", seed, minimum=0)
+    seq_len = check_int("seq_len", seq_len, minimum=1, allow_none=True)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     accumulation_dtype(precision)  # a clear error for an unknown precision before any work
@@ -138,6 +154,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     method, seed, ridge = pruner.label, pruner.seed, pruner.ridge
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
+    check_finite_parameters(model, blocks, adapter.layers_path(model))
     tokens, calib_len, calib_hash = _check_calibration(calibration, blocks, model)
     seq_len = seq_len or calib_len
     meta = {
@@ -153,7 +170,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     kind = "macs" if "mac_fraction" in budget else "params"
     flat_costs = [c for pair in module_costs(model, adapter, blocks, kind, seq_len) for c in pair]
     on_demand = BlocksOnDemand(model, adapter.layers_path(model), device) if offload else contextlib.nullcontext()
-    with on_demand:
+    with _eval_mode(model), on_demand:
         clock = _PhaseClock(model)
         propagate = propagate and pruner.propagates
 
@@ -207,7 +224,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
                     stats = propagated(b, part) if propagate else dense
                 with clock("selection"):
                     units, weight = pruner.select(_module(model, b, part, stats, backend, ridge), k)
-                    weight = weight.to(dtype)
+                    weight = _finite_output_map(weight, dtype, b, part)
                 with clock("rewrite"):
                     if part == "attention":
                         apply_attention(model, adapter, b, units, weight)
@@ -233,6 +250,41 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     if offload:
         meta["offload"] = {"device": str(device), "transfers": len(on_demand.moves)}
     return PruningPlan(meta, layers, tensors)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Eval mode (no dropout) for the duration, then every module's own mode back, also on error.
+
+    Modules created meanwhile (the pruned linear maps) take their parent's mode.
+    """
+    modes = {name: module.training for name, module in model.named_modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for name, module in model.named_modules():
+            parent = name
+            while parent not in modes:
+                parent = parent.rpartition(".")[0]
+            module.training = modes[parent]
+
+
+def _finite_output_map(weight, dtype, block, part):
+    """``weight`` in the model's ``dtype``, or :class:`NonFiniteWeightError` naming the module if not finite."""
+    if not torch.isfinite(weight).all():
+        raise NonFiniteWeightError(
+            f"layer {block.index} {part}: the new output map has NaN/Inf entries; the model's weights or "
+            "activations are not finite (the layers below are already pruned: reload the model before retrying)"
+        )
+    cast = weight.to(dtype)
+    if not torch.isfinite(cast).all():
+        raise NonFiniteWeightError(
+            f"layer {block.index} {part}: the new output map overflows {dtype} "
+            f"(largest entry {float(weight.abs().max()):.3g}); raise ridge or prune in float32 "
+            "(the layers below are already pruned: reload the model first)"
+        )
+    return cast
 
 
 def _targets(blocks, pruner, only=None):
