@@ -21,18 +21,27 @@ Anything else goes to ``transformers.AutoModel`` (encoders) or
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 from pathlib import Path
 
 import torch
 import transformers
 
+from .llama import LlamaAdapter
+
 SHORT_NAMES = ("minilm", "minilm-distilbert", "smollm2")
-DECODER_TYPES = ("llama", "mistral", "qwen2")
+DECODER_TYPES = LlamaAdapter.model_types  # causal LMs: loaded with AutoModelForCausalLM
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class MissingWeightsError(ImportError):
     """A short name whose offline weights package is not installed."""
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that is no short name, no loadable local path, and that the hub could not provide."""
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -89,16 +98,65 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bo
         model = transformers.LlamaForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=dtype)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
     else:
-        config = transformers.AutoConfig.from_pretrained(name_or_path)
+        location, gguf_file = _locate(name_or_path)
+        options = {"gguf_file": gguf_file} if gguf_file else {}
+        try:
+            config = transformers.AutoConfig.from_pretrained(location, **options)
+        except OSError as error:
+            raise ModelNotFoundError(_not_found(name_or_path, error)) from None
         auto = (
             transformers.AutoModelForCausalLM
             if config.model_type in DECODER_TYPES
             else transformers.AutoModel
         )
-        model = auto.from_pretrained(name_or_path, dtype=dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+        model = auto.from_pretrained(location, dtype=dtype, **options)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, **options)
+        # a local model is recorded by its absolute path, so a plan reloads it from anywhere
+        name_or_path = str(Path(location, gguf_file or "").resolve()) if Path(location).exists() else location
     model.name_or_path = name_or_path
     return model.eval(), tokenizer
+
+
+def _locate(name_or_path: str):
+    """``(directory or hub id, GGUF file name or None)`` for a name that is not a short name.
+
+    A local ``.gguf`` file, or a directory holding one GGUF file and no
+    ``config.json``, loads through transformers' GGUF support (dequantised).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return str(path.parent), path.name
+        raise ModelNotFoundError(f"{name_or_path} is a file; statlab loads a model directory (config.json and "
+                                 "weights, as save_pretrained writes it), a .gguf file or a hub id")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path), None
+        if (path / "plan.json").is_file():
+            raise ModelNotFoundError(f"{name_or_path} is a statlab plan, not a model: load it with "
+                                     f"statlab.load_pruned({str(path)!r}) (the CLI's eval takes plans as they are)")
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(path), ggufs[0]
+        if ggufs:
+            raise ModelNotFoundError(f"{name_or_path} holds several GGUF files ({', '.join(ggufs)}): pass the path "
+                                     "of the one to load")
+        raise ModelNotFoundError(f"{name_or_path} holds no config.json: not a transformers model directory "
+                                 "(write one with model.save_pretrained(dir))")
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or \
+        name_or_path.endswith(".gguf") or os.sep in name_or_path and not _HUB_ID.match(name_or_path)
+    if looks_local or not _HUB_ID.match(name_or_path):
+        raise ModelNotFoundError(f"{name_or_path!r}: no such file or directory, and not a short name "
+                                 f"({', '.join(SHORT_NAMES)})")
+    return name_or_path, None
+
+
+def _not_found(name: str, error: OSError) -> str:
+    """Why a hub id could not be loaded, in one line a user can act on."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    reason = "HF_HUB_OFFLINE is set" if offline else str(error).strip().splitlines()[0][:200]
+    return (f"{name!r} is neither a short name ({', '.join(SHORT_NAMES)}) nor a local path, and the hub could "
+            f"not provide it ({reason}); hub ids such as bert-base-uncased need a network")
 
 
 def bert_to_distilbert(bert: transformers.BertModel) -> transformers.DistilBertModel:
