@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from statlab.calibration import (
@@ -39,8 +41,15 @@ def run_prune(args) -> dict:
     from statlab.models.loading import load_model
     from statlab.plots import plot_plan
 
+    from statlab.plan import check_output_dir
+
     say = _report(args)
+    check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
     model, tokenizer = load_model(args.model, quiet=True)
+    if args.task in ("sst2", "mrpc"):  # the probe fitted here needs an encoder
+        from statlab.evaluate import check_task
+
+        check_task(model, args.task, args.model)
     batches, calib = calibration_batches(tokenizer, args.task, size=args.calibration_size,
                                          source=args.calibration_source, seed=args.seed, window=args.window)
     n_units = max(model.get_submodule(b.mlp_out).in_features for b in statlab.models.get_adapter(model).blocks(model))
@@ -54,7 +63,7 @@ def run_prune(args) -> dict:
     plan = statlab.prune(model, batches, mac_fraction=args.mac_fraction, sparsity=args.sparsity,
                          backend=args.backend, method=args.method, seed=args.seed,
                          propagate=not args.one_pass, ridge=args.ridge, seq_len=cost_seq_len(args.task, args.window),
-                         base=args.model)
+                         base=model.name_or_path)  # absolute for a local model: the plan reloads from anywhere
     seconds = time.perf_counter() - start
     plan.meta["calibration"].update(calib)
     plan.save(args.out)
@@ -90,7 +99,9 @@ def run_compare(args) -> dict:
     from statlab import compare
 
     say = _report(args)
-    result = compare.compare(args.model, args.task, args.methods.split(","), [float(b) for b in args.budgets.split(",")],
+    if args.plot and Path(args.plot).is_dir():
+        raise ValueError(f"--plot {args.plot} is a directory; give the PNG file to write")
+    result = compare.compare(args.model, args.task, args.methods, args.budgets,
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
                              max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say)
     result["command"] = "statlab " + shlex.join(args.argv)
@@ -112,15 +123,84 @@ def run_demo(args) -> dict:
 def run_id_demo(args) -> dict:
     from statlab import id_demo
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; id-demo writes its figures into a directory")
     result = id_demo.run(sentences=args.sentences, seed=args.seed, out=args.out)
     return {k: v for k, v in result.items() if k != "table"}
+
+
+def _bounded(cast, name, *, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: ``cast`` the text; refuse non-finite values and values outside the interval.
+
+    ``name`` starts the message (argparse puts the option before it); empty for none.
+    """
+    name = f"{name} " if name else ""
+    interval = (("(" if low_open else "[") + ("-inf" if low is None else f"{low}") + ", "
+                + ("inf" if high is None else f"{high}") + (")" if high_open or high is None else "]"))
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name}must be {'an integer' if cast is int else 'a number'} in {interval}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name}must be a finite number in {interval}, got {text!r}")
+        below = low is not None and (value < low or (low_open and value == low))
+        above = high is not None and (value > high or (high_open and value == high))
+        if below or above:
+            raise argparse.ArgumentTypeError(f"{name}must lie in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+_fraction = _bounded(float, "mac_fraction", low=0, high=1, low_open=True)  # MACs kept
+_sparsity = _bounded(float, "sparsity", low=0, high=1, high_open=True)  # parameters removed
+_count = _bounded(int, "", low=1)
+_seed = _bounded(int, "", low=0)
+_window = _bounded(int, "", low=2)  # a window predicts window - 1 tokens
+_ridge = _bounded(float, "", low=0)
+
+
+def _items(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+    if len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"{what} repeat in {text!r}")
+    return items
+
+
+def _methods(text: str) -> list[str]:
+    """``--methods``: distinct names of :data:`METHOD_NAMES`, comma-separated."""
+    names = _items(text, "method names")
+    unknown = [n for n in names if n not in METHOD_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)}")
+    return names
+
+
+def _budgets(text: str) -> list[float]:
+    """``--budgets``: distinct MAC fractions in (0, 1], comma-separated."""
+    try:
+        values = [float(item) for item in _items(text, "MAC fractions")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"MAC budgets must be numbers in (0, 1], got {text!r}") from None
+    bad = [v for v in values if not 0 < v <= 1]  # NaN fails too
+    if bad:
+        raise argparse.ArgumentTypeError(f"MAC budgets must lie in (0, 1], got {bad}")
+    return values
 
 
 def _max_tokens(value: str):
     """``--max-tokens``: a positive count, 0 for all tokens, or ``auto`` (CPU default, all on a GPU)."""
     if value == "auto":
         return value
-    count = int(value)
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
     if count < 0:
         raise argparse.ArgumentTypeError(f"--max-tokens must be 0 (all), a positive count or auto, got {value}")
     return None if count == 0 else count
@@ -128,87 +208,122 @@ def _max_tokens(value: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statlab", description="STAT structured pruning of transformers")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="one JSON object on stdout; the report goes to stderr")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", help="prune a model to a budget and save the plan")
+    p = sub.add_parser("prune", parents=[common], help="prune a model to a budget and save the plan")
     p.add_argument("--model", required=True, help="minilm, minilm-distilbert, smollm2, a hub id or a path")
     p.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--mac-fraction", type=float, help="fraction of block MACs to keep, in (0, 1]")
-    budget.add_argument("--sparsity", type=float, help="fraction of attention+MLP parameters to remove, in [0, 1)")
+    budget.add_argument("--mac-fraction", type=_fraction, help="fraction of block MACs to keep, in (0, 1]")
+    budget.add_argument("--sparsity", type=_sparsity, help="fraction of attention+MLP parameters to remove, in [0, 1)")
     p.add_argument("--method", default="stat", choices=METHOD_NAMES)
     p.add_argument("--backend", default="fast", choices=["fast", "reference"])
-    p.add_argument("--calibration-size", type=int,
+    p.add_argument("--calibration-size", type=_count,
                    help=f"calibration sentences (default {DEFAULT_CALIBRATION_SIZE}) or, for wikitext2, windows "
                         f"(default {DEFAULT_CALIBRATION_WINDOWS})")
-    p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+    p.add_argument("--window", type=_window, default=DEFAULT_WINDOW,
                    help=f"wikitext2: tokens per calibration window and MAC reference length (default {DEFAULT_WINDOW})")
     p.add_argument("--calibration-source", choices=["sst2", "mrpc", "wikitext2"],
                    help="where calibration text comes from (default: per task, see README)")
-    p.add_argument("--ridge", type=float, default=0.0, help="relative ridge of the corrections")
+    p.add_argument("--ridge", type=_ridge, default=0.0, help="relative ridge of the corrections, >= 0")
     p.add_argument("--one-pass", action="store_true", help="do not propagate through pruned layers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="directory for the plan")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", required=True,
+                   help="directory for the plan: new, empty, or holding a plan (which is replaced)")
     p.set_defaults(func=run_prune)
 
-    e = sub.add_parser("eval", help="evaluate a model or a saved plan")
+    e = sub.add_parser("eval", parents=[common], help="evaluate a model or a saved plan")
     e.add_argument("model", help="a model name/path or a plan directory")
     e.add_argument("--task", required=True, choices=["stsb", "sst2", "mrpc", "wikitext2"])
-    e.add_argument("--limit", type=int, help="evaluate on this many dev examples only")
-    e.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+    e.add_argument("--limit", type=_count, help="evaluate on this many dev examples only")
+    e.add_argument("--window", type=_window, default=DEFAULT_WINDOW,
                    help=f"wikitext2: perplexity window in tokens (default {DEFAULT_WINDOW}; 2048 in the Llama-2 protocol)")
     e.add_argument("--max-tokens", type=_max_tokens, default="auto",
                    help=f"wikitext2: evaluate the first whole windows up to this many tokens (default "
                         f"{CPU_MAX_TOKENS} on CPU, all on GPU; 0: all)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the probe (sst2, mrpc)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the probe (sst2, mrpc)")
     e.set_defaults(func=run_eval)
 
-    c = sub.add_parser("compare", help="every method at every MAC budget on one task: table, JSON, plot")
+    c = sub.add_parser("compare", parents=[common], help="every method at every MAC budget on one task: table, JSON, plot")
     c.add_argument("--model", required=True)
     c.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
-    c.add_argument("--methods", default=",".join(METHOD_NAMES),
+    c.add_argument("--methods", type=_methods, default=list(METHOD_NAMES),
                    help="comma-separated names (stat, goa, slimllm, activation, magnitude, random)")
-    c.add_argument("--budgets", default="0.8,0.6,0.5", help="comma-separated MAC fractions kept")
-    c.add_argument("--calibration-size", type=int, help="sentences (encoders) or windows (wikitext2)")
-    c.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    c.add_argument("--budgets", type=_budgets, default=[0.8, 0.6, 0.5],
+                   help="comma-separated MAC fractions kept, each in (0, 1]")
+    c.add_argument("--calibration-size", type=_count, help="sentences (encoders) or windows (wikitext2)")
+    c.add_argument("--window", type=_window, default=DEFAULT_WINDOW)
     c.add_argument("--max-tokens", type=_max_tokens, default="auto")
-    c.add_argument("--limit", type=int, help="encoder tasks: evaluate on this many dev examples only")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--limit", type=_count, help="encoder tasks: evaluate on this many dev examples only")
+    c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--plot", help="save the metric-vs-budget plot here (PNG)")
     c.add_argument("--checkpoint", help="JSON file saved after every run; an interrupted comparison resumes from it")
-    c.add_argument("--json", action="store_true")
     c.set_defaults(func=run_compare)
 
-    d = sub.add_parser("demo", help="the main job: prune the bundled MiniLM encoder and show the result")
-    d.add_argument("--mac-fraction", type=float, default=0.5)
-    d.add_argument("--calibration-size", type=int, default=512)
+    d = sub.add_parser("demo", parents=[common], help="the main job: prune the bundled MiniLM encoder and show the result")
+    d.add_argument("--mac-fraction", type=_fraction, default=0.5)
+    d.add_argument("--calibration-size", type=_count, default=512)
     d.add_argument("--out", default="out/demo")
-    d.add_argument("--json", action="store_true")
     d.set_defaults(func=run_demo)
 
-    i = sub.add_parser("id-demo", help="interpolative decomposition of MiniLM's MLP activations")
-    i.add_argument("--sentences", type=int, default=256)
-    i.add_argument("--seed", type=int, default=0)
+    i = sub.add_parser("id-demo", parents=[common], help="interpolative decomposition of MiniLM's MLP activations")
+    i.add_argument("--sentences", type=_count, default=256)
+    i.add_argument("--seed", type=_seed, default=0)
     i.add_argument("--out", default="out/id-demo")
-    i.add_argument("--json", action="store_true")
     i.set_defaults(func=run_id_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit 0, 2 for a user's mistake (one line, no traceback), 1 for a bug, 130 on Ctrl-C."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse has printed usage and the error (2), or the help (0)
+        return stop.code if isinstance(stop.code, int) else 2
     args.argv = argv  # recorded with results (compare)
+    name = f"statlab {args.command}"
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"statlab {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as error:  # what a user's input or machine caused
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{name}: error: {message}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - anything else is a bug: show it whole
+        print(f"{name}: internal error (a bug in statlab; please report it with this traceback):", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+    result, non_finite = _finite(result)
     if getattr(args, "json", False):
-        print(json.dumps(result, default=float))
+        if non_finite:
+            result["non_finite"] = non_finite
+        print(json.dumps(result, default=float, allow_nan=False))
+    if non_finite:
+        print(f"{name}: error: not finite: {', '.join(non_finite)} (the model's outputs are NaN or Inf)",
+              file=sys.stderr)
+        return 2
     return 0
+
+
+def _finite(value, path=""):
+    """``value`` with every NaN/Inf float replaced by None, and the paths of those replaced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [path or "result"]
+    if isinstance(value, dict):
+        pairs = [(k, _finite(v, f"{path}.{k}" if path else str(k))) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, bad) in pairs for p in bad]
+    if isinstance(value, (list, tuple)):
+        items = [_finite(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [v for v, _ in items], [p for _, bad in items for p in bad]
+    return value, []
 
 
 if __name__ == "__main__":

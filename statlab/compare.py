@@ -47,7 +47,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     import statlab
     from statlab.calibration import calibration_batches, cost_seq_len
     from statlab.costs import block_macs
-    from statlab.evaluate import count_parameters, task_metrics
+    from statlab.evaluate import check_task, count_parameters, task_metrics
     from statlab.methods import METHODS
     from statlab.models.loading import load_model
 
@@ -57,7 +57,9 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     bad = [b for b in budgets if not 0 < b <= 1]
     if bad:
         raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
+    saved = _read_checkpoint(checkpoint)  # a file that is no checkpoint is refused before any work
     dense, tokenizer = load_model(model_name, quiet=True)
+    check_task(dense, task, model_name)
     seq_len = cost_seq_len(task, window)
     batches, calib = calibration_batches(tokenizer, task, size=calibration_size, seed=seed, window=window)
     probe = None
@@ -73,7 +75,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
 
     settings = {"model": model_name, "task": task, "calibration": calib, "seq_len": seq_len,
                 "evaluation": {"limit": limit, "window": window, "max_tokens": max_tokens}}
-    result = _resumed(checkpoint, settings, say)
+    result = _resumed(saved, checkpoint, settings, say)
     if result is None:
         say(f"calibration: {calib['examples']} {calib['source']} ({calib['tokens']} tokens); evaluating dense")
         result = {**settings, "dense": measure(dense), "results": []}
@@ -96,14 +98,35 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     return result
 
 
-def _resumed(checkpoint, settings, say):
-    """The checkpoint's comparison when it exists and matches ``settings``; None when there is none."""
+def _read_checkpoint(checkpoint):
+    """The comparison saved at ``checkpoint``, or None when there is no file yet.
+
+    A file there that is not a comparison is refused, never overwritten.
+    """
     import json
     from pathlib import Path
 
     if checkpoint is None or not Path(checkpoint).exists():
         return None
-    saved = json.loads(Path(checkpoint).read_text())
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ValueError(f"--checkpoint {checkpoint} is a directory; give a JSON file")
+    try:
+        saved = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("results"), list) or "dense" not in saved:
+        raise ValueError(f"{checkpoint} exists and is not a statlab comparison checkpoint; statlab will not "
+                         "overwrite it: remove it or choose another file")
+    return saved
+
+
+def _resumed(saved, checkpoint, settings, say):
+    """``saved`` (the checkpoint's comparison) when it matches ``settings``; None when there is none."""
+    import json
+
+    if saved is None:
+        return None
     differ = [k for k in settings if json.dumps(saved.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
     if differ:
         raise ValueError(f"{checkpoint} holds another comparison (different {', '.join(differ)}); "
@@ -117,14 +140,10 @@ def save(result, checkpoint):
     if checkpoint is None:
         return
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    from statlab.files import atomic_write
+
+    atomic_write(checkpoint, json.dumps(result, indent=1))
 
 
 def table(result) -> str:

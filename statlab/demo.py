@@ -19,12 +19,14 @@ from statlab.calibration import EVAL_SEQ_LEN, calibration_batches
 from statlab.costs import block_macs
 from statlab.evaluate import count_parameters, latency, stsb_spearman
 from statlab.models.loading import load_model
+from statlab.plan import check_output_dir
 from statlab.plots import plot_plan
 
 
 def run(*, mac_fraction=0.5, calibration_size=512, out="out/demo", say=print) -> dict:
     """Prune ``minilm`` to ``mac_fraction`` of its MACs; print and return dense vs pruned."""
     out = Path(out)
+    plan_dir = check_output_dir(out / f"minilm-{round(100 * mac_fraction)}")  # before any work
     dense, tokenizer = load_model("minilm", quiet=True)
     model = copy.deepcopy(dense)
     batches, calib = calibration_batches(tokenizer, "stsb", size=calibration_size)
@@ -34,7 +36,7 @@ def run(*, mac_fraction=0.5, calibration_size=512, out="out/demo", say=print) ->
     plan = statlab.prune(model, batches, mac_fraction=mac_fraction, seq_len=EVAL_SEQ_LEN, base="minilm")
     seconds = time.perf_counter() - start
     plan.meta["calibration"].update(calib)
-    plan.save(out / f"minilm-{round(100 * mac_fraction)}")
+    plan.save(plan_dir)
 
     probe_batch = tokenizer(["a man is playing a guitar on the street"] * 32, padding="max_length",
                             max_length=EVAL_SEQ_LEN, truncation=True, return_tensors="pt")

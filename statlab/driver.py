@@ -27,8 +27,8 @@ from statlab.reference import budget as budget_lib
 from .capture import BACKENDS, LayerReplay, capture
 from .costs import module_costs
 from .fast.gram import accumulation_dtype
-from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters, check_int,
-                     check_real, check_ridge)
+from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters,
+                     check_int, check_real, check_ridge, eval_mode)
 from .methods import METHODS, ModuleStats, PruningMethod, get_method
 from .models import get_adapter
 from .offload import BlocksOnDemand
@@ -170,7 +170,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     kind = "macs" if "mac_fraction" in budget else "params"
     flat_costs = [c for pair in module_costs(model, adapter, blocks, kind, seq_len) for c in pair]
     on_demand = BlocksOnDemand(model, adapter.layers_path(model), device) if offload else contextlib.nullcontext()
-    with _eval_mode(model), on_demand:
+    with eval_mode(model), on_demand:
         clock = _PhaseClock(model)
         propagate = propagate and pruner.propagates
 
@@ -250,24 +250,6 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     if offload:
         meta["offload"] = {"device": str(device), "transfers": len(on_demand.moves)}
     return PruningPlan(meta, layers, tensors)
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Eval mode (no dropout) for the duration, then every module's own mode back, also on error.
-
-    Modules created meanwhile (the pruned linear maps) take their parent's mode.
-    """
-    modes = {name: module.training for name, module in model.named_modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for name, module in model.named_modules():
-            parent = name
-            while parent not in modes:
-                parent = parent.rpartition(".")[0]
-            module.training = modes[parent]
 
 
 def _finite_output_map(weight, dtype, block, part):

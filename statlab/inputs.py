@@ -13,6 +13,7 @@ The checks read only the batches and the weights (no forward pass).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -252,3 +253,21 @@ def _module_label(path: str, blocks, layers_path: str) -> str:
         if path.startswith(f"{layers_path}.{b.index}.") or path == f"{layers_path}.{b.index}":
             return f"layer {b.index}"
     return ""
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Eval mode (no dropout) for the duration, then every module's own mode back, also on error.
+
+    Modules created meanwhile (the pruned linear maps) take their parent's mode.
+    """
+    modes = {name: module.training for name, module in model.named_modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for name, module in model.named_modules():
+            parent = name
+            while parent not in modes:
+                parent = parent.rpartition(".")[0]
+            module.training = modes[parent]

@@ -19,7 +19,7 @@ from .decoders import CPU_MAX_TOKENS, decoder_perplexity, perplexity
 from .efficiency import count_parameters, latency, measured_flops
 from .encoders import STSB_HALVES, mean_pooled_embeddings, stsb_spearman
 from .probe import DEFAULT_L2, PROBE_TASKS, Probe, fit_probe, probe_metrics
-from .tasks import EVAL_TASKS, evaluate_model, evaluate_task, task_metrics
+from .tasks import DECODER_TASKS, EVAL_TASKS, check_task, evaluate_model, evaluate_task, task_metrics
 
 # the private helpers keep the address they had when this was one module (statlab/evaluate.py);
 # patch them where they live (statlab.evaluate.encoders._embed_pairs, ...), not here
@@ -37,11 +37,13 @@ from .probe import (  # noqa: F401
 
 __all__ = [
     "CPU_MAX_TOKENS",
+    "DECODER_TASKS",
     "DEFAULT_L2",
     "EVAL_TASKS",
     "PROBE_TASKS",
     "STSB_HALVES",
     "Probe",
+    "check_task",
     "count_parameters",
     "decoder_perplexity",
     "evaluate_model",

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Eval mode for the duration, then the caller's mode back."""
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)
+from statlab.inputs import eval_mode as _eval_mode  # noqa: F401 (the one eval-mode helper)
+from statlab.inputs import model_inputs as _model_inputs  # noqa: F401 (the one batch -> inputs helper)
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    device = _device(model)
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _spread_rows(dataset, limit: int | None):

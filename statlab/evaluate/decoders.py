@@ -11,6 +11,8 @@ from tqdm import tqdm
 from statlab.calibration import CPU_MAX_TOKENS, DEFAULT_WINDOW
 from statlab.data import token_windows
 
+from statlab.inputs import check_batch
+
 from ._common import _device, _eval_mode
 
 
@@ -43,6 +45,7 @@ def perplexity(
             f"windows must have shape (W, T) with W >= 1 and T >= 2, got {tuple(windows.shape)}; "
             f"build them with statlab.data.token_windows."
         )
+    check_batch({"input_ids": windows}, model, name="perplexity windows")  # ids in the vocabulary, no padding
     device = _device(model)
     nll = torch.zeros((), dtype=torch.float64)
     chunks = windows.split(batch_size)
@@ -55,7 +58,9 @@ def perplexity(
             nll += F.cross_entropy(scores, targets, reduction="sum").double().cpu()
     count, length = windows.shape
     tokens = count * (length - 1)
-    return {"perplexity": math.exp(nll.item() / tokens), "tokens": tokens, "windows": count}
+    mean_nll = nll.item() / tokens
+    # exp overflows past ~709: such a model is broken, and inf (or NaN) says so to the caller
+    return {"perplexity": math.exp(mean_nll) if mean_nll < 709 else math.inf, "tokens": tokens, "windows": count}
 
 
 def decoder_perplexity(model, tokenizer, *, window=DEFAULT_WINDOW, max_tokens="auto", batch_size=None):

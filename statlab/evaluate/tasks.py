@@ -20,6 +20,28 @@ from .encoders import stsb_spearman
 from .probe import PROBE_TASKS, Probe, fit_probe, probe_metrics
 
 EVAL_TASKS = ("stsb", "sst2", "mrpc")
+DECODER_TASKS = ("wikitext2",)
+
+
+def check_task(model, task: str, name: str | None = None) -> None:
+    """Refuse a task the model cannot be scored on, before any work.
+
+    Perplexity (``wikitext2``) needs a causal LM; ``stsb``, ``sst2`` and
+    ``mrpc`` score an encoder's embeddings.
+    """
+    from statlab.models.loading import DECODER_TYPES
+
+    model_type = getattr(model.config, "model_type", None)
+    name = name or getattr(model, "name_or_path", None) or model_type
+    decoder = model_type in DECODER_TYPES
+    if task not in EVAL_TASKS + DECODER_TASKS:
+        raise ValueError(f"unknown task {task!r}; statlab evaluates {', '.join(EVAL_TASKS + DECODER_TASKS)}")
+    if task in DECODER_TASKS and not decoder:
+        raise ValueError(f"task {task} is the perplexity of a causal language model, and {name} is a {model_type} "
+                         f"encoder: evaluate it on {', '.join(EVAL_TASKS)}")
+    if task in EVAL_TASKS and decoder:
+        raise ValueError(f"task {task} scores an encoder's sentence embeddings, and {name} is a {model_type} "
+                         f"causal language model: evaluate it on {', '.join(DECODER_TASKS)}")
 
 
 def evaluate_task(
@@ -88,6 +110,7 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
         The metrics of :func:`evaluate_task` (without ``task``) or of
         :func:`~statlab.evaluate.decoders.decoder_perplexity`.
     """
+    check_task(model, task)
     if task == "wikitext2":
         return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
     metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
@@ -129,11 +152,12 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
     from statlab.models.loading import load_model  # transformers loads only when a model does
 
     plan = None
-    if (Path(model_or_dir) / "plan.json").is_file():
+    if (Path(model_or_dir) / "plan.json").exists():  # a damaged plan is reported as one, not as a model
         plan = PruningPlan.load(model_or_dir)
         model, tokenizer = load_model(plan.meta["base"], quiet=True)
     else:
         model, tokenizer = load_model(model_or_dir, quiet=True)
+    check_task(model, task, str(model_or_dir))
     seq_len = cost_seq_len(task, window)
     dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
     probe = None
