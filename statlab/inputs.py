@@ -144,6 +144,10 @@ def check_batch(batch, model, *, name: str = "batch") -> None:
     if ids.numel() == 0:
         raise CalibrationError(f"{name} is empty: input_ids has shape {tuple(ids.shape)}; drop it or give it tokens")
     _check_range(name, "input_ids", ids, _vocab_size(model), "the model's vocabulary")
+    longest = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(longest, int) and ids.shape[1] > longest:
+        raise CalibrationError(f"{name}: sequences of {ids.shape[1]} tokens are longer than the model's "
+                               f"{longest} positions (max_position_embeddings): use a shorter window or max_length")
     for key in ("attention_mask", "token_type_ids"):
         if key in batch:
             _check_tensor(name, key, batch[key], mask=key == "attention_mask")

@@ -264,3 +264,13 @@ def test_a_gguf_file_or_a_directory_holding_one_loads_directly(tmp_path):
         assert type(model).__name__ == "LlamaForCausalLM" and tokenizer("hello")["input_ids"]
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
         assert os.path.isabs(model.name_or_path)
+
+
+def test_sequences_longer_than_the_model_are_refused_with_the_limit():
+    import statlab
+    from statlab.inputs import CalibrationError
+
+    model = tiny_bert()  # 512 positions
+    long = [{"input_ids": torch.randint(1, 100, (2, 600)), "attention_mask": torch.ones(2, 600, dtype=torch.long)}]
+    with pytest.raises(CalibrationError, match="600 tokens are longer than the model's 512 positions"):
+        statlab.prune(model, long, mac_fraction=0.5)
