@@ -12,6 +12,8 @@ for _cls in (BertAdapter, DistilBertAdapter, LlamaAdapter):
     for _t in _cls.model_types:
         ADAPTERS[_t] = _cls
 
+DECODER_TYPES = tuple(t for t, cls in ADAPTERS.items() if cls.causal_lm)  # loaded with AutoModelForCausalLM
+
 
 class UnsupportedModelError(ValueError):
     """The model's family has no adapter."""
@@ -27,4 +29,4 @@ def get_adapter(model) -> Adapter:
     return ADAPTERS[model_type]()
 
 
-__all__ = ["Adapter", "Block", "get_adapter", "UnsupportedModelError", "ADAPTERS"]
+__all__ = ["Adapter", "Block", "get_adapter", "UnsupportedModelError", "ADAPTERS", "DECODER_TYPES"]

@@ -19,7 +19,7 @@ class BertAdapter(Adapter):
         blocks = []
         for i, layer in enumerate(model.get_submodule(prefix).layer):
             p = f"{prefix}.layer.{i}"
-            units = layer.attention.self.query.out_features // head_dim
+            query, w1 = layer.attention.self.query, layer.intermediate.dense
             blocks.append(Block(
                 index=i,
                 attention=f"{p}.attention.self",
@@ -27,7 +27,9 @@ class BertAdapter(Adapter):
                 attn_out=f"{p}.attention.output.dense",
                 mlp_in=(f"{p}.intermediate.dense",),
                 mlp_out=f"{p}.output.dense",
-                units=units, unit_size=head_dim, head_dim=head_dim,
+                units=query.out_features // head_dim, unit_size=head_dim, head_dim=head_dim,
+                mlp_units=layer.output.dense.in_features,
+                attn_bias=query.bias is not None, mlp_bias=w1.bias is not None,
             ))
         return blocks
 

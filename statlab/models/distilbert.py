@@ -23,6 +23,8 @@ class DistilBertAdapter(Adapter):
                 mlp_in=(f"{p}.ffn.lin1",),
                 mlp_out=f"{p}.ffn.lin2",
                 units=layer.attention.q_lin.out_features // head_dim, unit_size=head_dim, head_dim=head_dim,
+                mlp_units=layer.ffn.lin2.in_features,
+                attn_bias=layer.attention.q_lin.bias is not None, mlp_bias=layer.ffn.lin1.bias is not None,
             ))
         return blocks
 

@@ -28,6 +28,7 @@ class LlamaAdapter(Adapter):
     model_types = ("llama", "mistral", "qwen2")
     norm_position = "pre"
     gated = True
+    causal_lm = True
 
     def blocks(self, model):
         c = model.config
@@ -45,6 +46,8 @@ class LlamaAdapter(Adapter):
                 mlp_in=(f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"),
                 mlp_out=f"{p}.mlp.down_proj",
                 units=groups, unit_size=per_group * head_dim, head_dim=head_dim, heads_per_unit=per_group,
+                mlp_units=layer.mlp.down_proj.in_features,
+                attn_bias=layer.self_attn.q_proj.bias is not None, mlp_bias=layer.mlp.gate_proj.bias is not None,
             ))
         return blocks
 

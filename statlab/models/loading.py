@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from .llama import LlamaAdapter
+from . import DECODER_TYPES  # causal LMs: loaded with AutoModelForCausalLM
 
 SHORT_NAMES = ("minilm", "minilm-distilbert", "smollm2")
-DECODER_TYPES = LlamaAdapter.model_types  # causal LMs: loaded with AutoModelForCausalLM
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
