@@ -53,14 +53,20 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
         batches), ``seed`` and ``max_length`` or ``window``; recorded in the
         plan's metadata.
     """
+    if task not in DEFAULT_CALIBRATION_SOURCE:
+        raise ValueError(f"unknown task {task!r}; calibration is defined for {', '.join(sorted(DEFAULT_CALIBRATION_SOURCE))}")
+    for name, value, low in (("size", size, 1), ("window", window, 2), ("max_length", max_length, 1),
+                             ("batch_size", batch_size, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"calibration {name} must be an integer >= {low} (None for the default), got {value!r}")
     from statlab.data import calibration_texts, calibration_windows, tokenize_batches
 
     if task == "wikitext2":
-        size = size or DEFAULT_CALIBRATION_WINDOWS
+        size = DEFAULT_CALIBRATION_WINDOWS if size is None else size
         batches = calibration_windows(tokenizer, size, window=window, seed=seed)
         return batches, {"source": "wikitext2 validation windows", "examples": size, "window": window,
                          "tokens": size * window, "seed": seed}
-    size = size or DEFAULT_CALIBRATION_SIZE
+    size = DEFAULT_CALIBRATION_SIZE if size is None else size
     source = source or DEFAULT_CALIBRATION_SOURCE[task]
     texts = calibration_texts(source, size, seed=seed)
     # similar lengths in a batch waste less on padding

@@ -274,3 +274,16 @@ def test_sequences_longer_than_the_model_are_refused_with_the_limit():
     long = [{"input_ids": torch.randint(1, 100, (2, 600)), "attention_mask": torch.ones(2, 600, dtype=torch.long)}]
     with pytest.raises(CalibrationError, match="600 tokens are longer than the model's 512 positions"):
         statlab.prune(model, long, mac_fraction=0.5)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"size": 0}, "size must be an integer >= 1"),
+    ({"size": 12.0}, "size must be an integer >= 1"),
+    ({"window": 1}, "window must be an integer >= 2"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+])
+def test_calibration_sizes_are_never_silently_replaced(options, fragment):
+    from statlab.calibration import calibration_batches
+
+    with pytest.raises(ValueError, match=fragment):
+        calibration_batches(None, "stsb", **options)
