@@ -22,12 +22,9 @@ def module_costs(model, adapter, blocks, kind, seq_len):
             head = budget_lib.head_macs(seq_len, d, b.head_dim, b.heads_per_unit, 1)
             neuron = budget_lib.neuron_macs(seq_len, d, adapter.gated)
         else:
-            attn_bias = model.get_submodule(b.attn_in[0]).bias is not None  # Qwen2: q/k/v biases only
-            mlp_bias = model.get_submodule(b.mlp_out).bias is not None
-            head = budget_lib.head_params(d, b.head_dim, b.heads_per_unit, 1, attn_bias)
-            neuron = budget_lib.neuron_params(d, adapter.gated, mlp_bias)
-        n = model.get_submodule(b.mlp_out).in_features
-        costs.append((budget_lib.ModuleCost(b.units, head), budget_lib.ModuleCost(n, neuron)))
+            head = budget_lib.head_params(d, b.head_dim, b.heads_per_unit, 1, b.attn_bias)
+            neuron = budget_lib.neuron_params(d, adapter.gated, b.mlp_bias)
+        costs.append((budget_lib.ModuleCost(b.units, head), budget_lib.ModuleCost(b.mlp_units, neuron)))
     return costs
 
 

@@ -53,7 +53,7 @@ def _check_calibration(calibration, blocks, model):
     check_calibration(calibration, model)
     tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                  for b in calibration)
-    widest = max(model.get_submodule(b.mlp_out).in_features for b in blocks)
+    widest = max(b.mlp_units for b in blocks)
     if tokens < widest:
         raise CalibrationError(
             f"{tokens} calibration tokens for modules of up to {widest} units: the activations would be "
