@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import statlab
+from statlab.id_demo import capture_mlp_grams
 from statlab.models import ADAPTERS, DECODER_TYPES, Adapter, get_adapter
 from statlab.models.bert import BertAdapter
 from statlab.models.loading import DECODER_TYPES as LOADING_DECODER_TYPES
@@ -98,3 +99,13 @@ def test_pruned_blocks_report_the_pruned_shapes(make, calibration):
     for b, layer in zip(get_adapter(model).blocks(model), plan.layers):
         assert b.mlp_units == len(layer["mlp_kept"]) == model.get_submodule(b.mlp_out).in_features
         assert b.units == len(layer["attn_kept"])
+
+
+@pytest.mark.parametrize("make,calibration", [(tiny_bert, batches), (tiny_distilbert, batches), (tiny_llama, windows)],
+                         ids=["bert", "distilbert", "llama-gqa"])
+def test_id_demo_captures_any_family(make, calibration):
+    model = make()
+    accs, Z0 = capture_mlp_grams(model, calibration(n=2))
+    assert [acc.n for acc in accs] == [b.mlp_units for b in get_adapter(model).blocks(model)]
+    assert Z0.shape == (accs[0].rows, accs[0].n) and Z0.dtype == torch.float64
+    torch.testing.assert_close(accs[0].gram, Z0.T @ Z0)
