@@ -52,7 +52,7 @@ def run_prune(args) -> dict:
         check_task(model, args.task, args.model)
     batches, calib = calibration_batches(tokenizer, args.task, size=args.calibration_size,
                                          source=args.calibration_source, seed=args.seed, window=args.window)
-    n_units = max(model.get_submodule(b.mlp_out).in_features for b in statlab.models.get_adapter(model).blocks(model))
+    n_units = max(b.mlp_units for b in statlab.models.get_adapter(model).blocks(model))
     say(f"calibration: {calib['examples']} {calib['source']} examples, {calib['tokens']} tokens "
         f"({calib['tokens'] / n_units:.1f} per MLP neuron)")
     if args.task in ("sst2", "mrpc"):
@@ -125,7 +125,7 @@ def run_id_demo(args) -> dict:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file; id-demo writes its figures into a directory")
-    result = id_demo.run(sentences=args.sentences, seed=args.seed, out=args.out)
+    result = id_demo.run(sentences=args.sentences, seed=args.seed, out=args.out, say=_report(args))
     return {k: v for k, v in result.items() if k != "table"}
 
 

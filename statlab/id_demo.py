@@ -43,7 +43,8 @@ def capture_mlp_grams(model, batches):
     return [grams[f"layer {b.index} mlp"] for b in blocks], torch.from_numpy(first["layer 0 mlp"].matrix)
 
 
-def run(*, sentences: int = 256, seed: int = 0, out: str | Path = "out/demo", model_name: str = "minilm") -> dict:
+def run(*, sentences: int = 256, seed: int = 0, out: str | Path = "out/demo", model_name: str = "minilm",
+        say=print) -> dict:
     """Decompose the MLP activations of ``model_name`` (any supported family); print and return the error table."""
     out = Path(out)
     name, title = _NAMES.get(model_name, (model_name, model_name))
@@ -55,7 +56,7 @@ def run(*, sentences: int = 256, seed: int = 0, out: str | Path = "out/demo", mo
     accs, Z0 = capture_mlp_grams(model, batches)
     capture_s = time.perf_counter() - start
     tokens = accs[0].rows
-    print(f"{name}: {len(texts)} SST-2 training sentences, {tokens} tokens "
+    say(f"{name}: {len(texts)} SST-2 training sentences, {tokens} tokens "
           f"({tokens / accs[0].n:.1f} tokens per neuron); capture {capture_s:.1f} s")
 
     rows, curves = [], []
@@ -69,10 +70,10 @@ def run(*, sentences: int = 256, seed: int = 0, out: str | Path = "out/demo", mo
         rows.append((i, acc.n, errs))
     id_s = time.perf_counter() - start
 
-    print(f"\nrelative reconstruction error ||Z - Z[:, idx] coef|| / ||Z|| of the MLP activations (fast path, {id_s:.1f} s)")
-    print("layer  neurons  " + "  ".join(f"keep {f:>4.0%}" for f in FRACTIONS))
+    say(f"\nrelative reconstruction error ||Z - Z[:, idx] coef|| / ||Z|| of the MLP activations (fast path, {id_s:.1f} s)")
+    say("layer  neurons  " + "  ".join(f"keep {f:>4.0%}" for f in FRACTIONS))
     for i, n, errs in rows:
-        print(f"{i:>5}  {n:>7}  " + "  ".join(f"{e:>9.4f}" for e in errs))
+        say(f"{i:>5}  {n:>7}  " + "  ".join(f"{e:>9.4f}" for e in errs))
 
     k = accs[0].n // 2
     w0 = mlp_out[0].weight.detach().double().norm(dim=0)
@@ -83,11 +84,11 @@ def run(*, sentences: int = 256, seed: int = 0, out: str | Path = "out/demo", mo
     err_ref = ref.reconstruction_error(Z0.numpy(), expected)
     err_fast = fast.reconstruction_error(Z0, got)
     overlap = len(set(expected.idx.tolist()) & set(got.idx.tolist())) / k
-    print(f"\nlayer 0, k = {k}: reference (SciPy pivoted QR, {ref_s:.1f} s) error {err_ref:.5f}; "
+    say(f"\nlayer 0, k = {k}: reference (SciPy pivoted QR, {ref_s:.1f} s) error {err_ref:.5f}; "
           f"fast (Gram route) error {err_fast:.5f}; kept sets overlap {overlap:.1%}")
 
     plot = _plot_curves(curves, out / "mlp_error_curves.png", title)
-    print(f"error curves: {plot}")
+    say(f"error curves: {plot}")
     return {"tokens": tokens, "table": rows, "reference_error": err_ref, "fast_error": err_fast,
             "overlap": overlap, "plot": str(plot)}
 

@@ -340,9 +340,9 @@ class PruningPlan:
         for block, layer in zip(blocks, self.layers):
             where = f"layers[{block.index}]"
             attn_out, mlp_out = model.get_submodule(block.attn_out), model.get_submodule(block.mlp_out)
-            if layer["attn_units"] != block.units or layer["mlp_units"] != mlp_out.in_features:
+            if layer["attn_units"] != block.units or layer["mlp_units"] != block.mlp_units:
                 raise PlanError(f"{where} counts {layer['attn_units']} attention units and {layer['mlp_units']} "
-                                f"neurons; the model has {block.units} and {mlp_out.in_features}")
+                                f"neurons; the model has {block.units} and {block.mlp_units}")
             for part, out, width in (("attn", attn_out, len(layer["attn_kept"]) * block.unit_size),
                                      ("mlp", mlp_out, len(layer["mlp_kept"]))):
                 name = _tensor_name(block.index, part)
