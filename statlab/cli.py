@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ImportError) as error:  # what a user's input or machine caused
+    except (ValueError, OSError, ModuleNotFoundError) as error:  # the input, the machine, a missing package
         if args.debug:
             traceback.print_exc()
         message = " ".join(str(error).split()) or type(error).__name__

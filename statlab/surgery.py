@@ -6,6 +6,8 @@ helpers keep the model's dtype (bf16/fp16/fp32) and accept a corrected weight.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -16,8 +18,10 @@ def replace_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def _new_linear(in_features, out_features, like: nn.Linear, weight, bias):
-    layer = nn.Linear(in_features, out_features, bias=bias is not None,
-                      device=like.weight.device, dtype=like.weight.dtype)
+    with warnings.catch_warnings():  # a removed module (k = 0) is a zero-width map: nothing to initialise
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+        layer = nn.Linear(in_features, out_features, bias=bias is not None,
+                          device=like.weight.device, dtype=like.weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight)
         if bias is not None:

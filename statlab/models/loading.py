@@ -35,7 +35,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class MissingWeightsError(ImportError):
+class MissingWeightsError(ModuleNotFoundError):
     """A short name whose offline weights package is not installed."""
 
 
