@@ -118,7 +118,7 @@ def fast_methods(device: torch.device, skip_sketch: bool):
         methods["fast_sketch"] = lambda: dict(
             method="sketch",
             sketch="gaussian",
-            generator=torch.Generator(device=device).manual_seed(SEED),
+            rng=torch.Generator(device=device).manual_seed(SEED),
         )
     return methods
 

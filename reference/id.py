@@ -141,13 +141,29 @@ def ridge_least_squares(A, B, ridge):
     """Ridge-regularised least squares ``argmin_T ||A T - B||² + λ||T||²``.
 
     ``λ = ridge · trace(A^T A) / k`` for ``A (N, k)``, ``B (N, m)``; returns
-    ``T (k, m) = (A^T A + λ I)^{-1} A^T B``.
+    ``T (k, m) = (A^T A + λ I)^{-1} A^T B`` (by :func:`solve_psd`).
     """
     A = np.asarray(A, dtype=np.float64)
     B = np.asarray(B, dtype=np.float64)
     gram = A.T @ A
     lam = ridge * np.trace(gram) / max(A.shape[1], 1)
-    return scipy.linalg.solve(gram + lam * np.eye(A.shape[1]), A.T @ B, assume_a="pos")
+    return solve_psd(gram + lam * np.eye(A.shape[1]), A.T @ B)
+
+
+def solve_psd(A, B):
+    """``X = A^{-1} B`` for a symmetric positive (semi-)definite ``A (k, k)``, ``B (k, m)``.
+
+    Cholesky (LAPACK ``posv``) when ``A`` is positive definite; otherwise the
+    minimum-norm least-squares solution (``gelsd``), so a singular Gram (all-zero
+    activations, ``k`` beyond the rank) still gives an answer. The one PSD solve
+    of the reference; :func:`statlab.fast.solve_psd` is its twin.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    try:
+        return scipy.linalg.solve(A, B, assume_a="pos")
+    except np.linalg.LinAlgError:
+        return scipy.linalg.lstsq(A, B, lapack_driver="gelsd")[0]
 
 
 def reconstruction_error(Z, result: ID) -> float:

@@ -18,7 +18,7 @@ class ModulePruning:
     weight : ndarray, shape (out, k * u)
         The corrected output map restricted to the kept units' columns
         (``u`` columns per unit: 1 for neurons, ``d_h`` or a group's width for heads).
-    residuals : ndarray, shape (units + 1,)
+    residuals : ndarray, shape (units + 1,), or None
         Relative output error left when the first ``k`` units of the full
         importance order are kept, ``k = 0..units``: 1 at ``k = 0``, 0 at
         ``k = units``. Drives the per-layer sizes (DESIGN §1.4). None when
@@ -27,4 +27,4 @@ class ModulePruning:
 
     idx: np.ndarray
     weight: np.ndarray
-    residuals: np.ndarray
+    residuals: np.ndarray | None

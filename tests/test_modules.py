@@ -8,8 +8,8 @@ import torch
 
 import statlab.reference as ref
 from statlab import fast
-from statlab.fast.heads import prune_heads as fast_heads
-from statlab.fast.mlp import prune_mlp as fast_mlp
+from statlab.fast.heads import prune_heads_from_gram as fast_heads
+from statlab.fast.mlp import prune_mlp_from_gram as fast_mlp
 from statlab.reference.heads import prune_heads as ref_heads
 from statlab.reference.mlp import prune_mlp as ref_mlp
 

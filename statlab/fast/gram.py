@@ -25,6 +25,31 @@ class NonFiniteActivationError(ValueError):
     """Activations contain NaN or Inf; the message names where they came from."""
 
 
+def check_matrix(Z: torch.Tensor):
+    """``(N, n)`` of a non-empty 2-D tensor, or the error that says what ``Z`` is instead."""
+    if not isinstance(Z, torch.Tensor):
+        raise TypeError(f"Z must be a torch.Tensor, got {type(Z).__name__} (use statlab.reference for NumPy arrays)")
+    if Z.ndim != 2:
+        raise ValueError(f"Z must be a 2-D tensor (N, n), got shape {tuple(Z.shape)}")
+    if Z.shape[0] == 0 or Z.shape[1] == 0:
+        raise ValueError(f"Z is empty (shape {tuple(Z.shape)}): need at least one row and one column")
+    return Z.shape
+
+
+def gram_matrix(Z: torch.Tensor, *, precision: str = "fp64", batch_size: int = 16384) -> torch.Tensor:
+    """``G = Z^T Z (n, n)`` of ``Z (N, n)``, streamed through a :class:`GramAccumulator`.
+
+    The bridge from a matrix entry point (``prune_mlp(Z, ...)``) to its Gram
+    twin (``prune_mlp_from_gram(G, ...)``): ``batch_size`` rows at a time are
+    cast to the accumulation type, so an fp16 ``Z`` is never copied whole.
+    """
+    N, n = check_matrix(Z)
+    acc = GramAccumulator(n, device=Z.device, precision=precision, name="Z")
+    for start in range(0, N, batch_size):
+        acc.update(Z[start : start + batch_size])
+    return acc.gram
+
+
 def accumulation_dtype(precision: str) -> torch.dtype:
     """The dtype a Gram is accumulated in for ``precision`` (fp64, fp32 or tf32)."""
     if precision not in PRECISIONS:

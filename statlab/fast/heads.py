@@ -1,10 +1,12 @@
-"""Attention heads and GQA groups from the context Gram; mirrors :mod:`statlab.reference.heads`.
+"""Attention heads and GQA groups on torch tensors; mirrors :mod:`statlab.reference.heads`.
 
-The reference takes the context ``C (N, d)``; the fast path its Gram
-``G = C^T C (d, d)``. Order by greedy pivoted Cholesky of the unit Gram
+:func:`prune_heads` takes the context ``C (N, d)``, as the reference does;
+its Gram entry point :func:`prune_heads_from_gram` takes ``G = C^T C (d, d)``
+(what the driver captures). :func:`unit_gram` and :func:`unit_order` take the
+context Gram on both sides. Order by greedy pivoted Cholesky of the unit Gram
 ``H[h, g] = trace(W_h G_hg W_g^T)``; correction ``T = (G_II + λ I)^{-1} G_IJ``,
 ``W_O[:, I] += W_O[:, J] T^T``; the residual curve is the MLP's
-:func:`~statlab.fast.mlp.output_residuals` over the units' columns in order,
+:func:`~statlab.fast.mlp.output_residuals_from_gram` over the units' columns in order,
 read at every unit boundary.
 """
 
@@ -13,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from .cholesky import pivoted_cholesky
+from .gram import gram_matrix
 from .id import interpolation_coefficients
-from .mlp import output_residuals
+from .mlp import output_residuals_from_gram
 from .pruning import ModulePruning
 
 
@@ -36,9 +39,20 @@ def _columns(units: torch.Tensor, unit_size: int) -> torch.Tensor:
     return (units[:, None] * unit_size + offsets).reshape(-1)
 
 
-def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
+def prune_heads(C: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
                 curve: bool = True) -> ModulePruning:
-    """Keep ``k`` attention units and correct ``W_O``.
+    """Keep ``k`` attention units and correct ``W_O``: :func:`prune_heads_from_gram` of ``C^T C``.
+
+    ``C (N, d)`` is the attention context (input of ``W_O``), padding excluded;
+    its fp64 Gram is streamed (:func:`~statlab.fast.gram.gram_matrix`). The
+    other parameters and the result are those of :func:`prune_heads_from_gram`.
+    """
+    return prune_heads_from_gram(gram_matrix(C), W_out, unit_size, k, ridge=ridge, curve=curve)
+
+
+def prune_heads_from_gram(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
+                          curve: bool = True) -> ModulePruning:
+    """Keep ``k`` attention units and correct ``W_O``, from the context Gram alone.
 
     Parameters
     ----------
@@ -64,7 +78,8 @@ def prune_heads(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *,
     if not 0 <= k <= units:
         raise ValueError(f"k must lie in [0, {units}] units, got {k}")
     order = unit_order(G, W, unit_size)
-    residuals = output_residuals(G, W, _columns(order, unit_size))[::unit_size] if curve else None  # (units + 1,)
+    columns = _columns(order, unit_size)
+    residuals = output_residuals_from_gram(G, W, columns)[::unit_size] if curve else None  # (units + 1,)
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)
     weight = W[:, I]
     if k and J.numel():

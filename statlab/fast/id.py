@@ -27,8 +27,8 @@ import torch
 from statlab.reference import id as reference_id
 
 from .cholesky import pivoted_cholesky
-from .gram import GramAccumulator
-from .sketch import SketchAccumulator
+from .gram import check_matrix, gram_matrix
+from .sketch import SketchAccumulator, as_generator, deprecated_generator
 
 METHODS = ("gram", "sketch", "qr")
 
@@ -50,6 +50,9 @@ class ID:
     residuals : Tensor of float64, shape (n + 1,)
         ``||(Z - Z[:, P[:k]] T) D||_F`` for ``k = 0..n``: the weighted residual
         of keeping the first ``k`` pivots. Non-increasing, last entry 0.
+
+    On the Gram route ``errors = sqrt(pivots)`` of the pivoted Cholesky
+    (:func:`~statlab.fast.cholesky.pivoted_cholesky` reports ``R[j, j]²``).
     """
 
     idx: torch.Tensor
@@ -69,6 +72,7 @@ def interpolative_decomposition(
     batch_size: int = 16384,
     sketch: str = "gaussian",
     sketch_size: int | None = None,
+    rng: int | torch.Generator | None = None,
     generator: torch.Generator | None = None,
 ) -> ID:
     """Interpolative decomposition ``Z ≈ Z[:, idx] @ coef`` (see the module docstring).
@@ -94,26 +98,30 @@ def interpolative_decomposition(
     sketch_size : int, optional
         Rows of the sketch, default ``2 n``; when ``>= N`` the sketch is skipped
         and the exact pivoted QR is used.
+    rng : int or torch.Generator, optional
+        Randomness of the sketch (a seed, or a generator on ``Z``'s device).
     generator : torch.Generator, optional
-        Randomness of the sketch.
+        Deprecated alias of ``rng``.
 
     Returns
     -------
     ID
         ``idx (k,)``, ``coef (k, n)``, ``errors (min(N, n),)`` on ``Z``'s device.
+
+    Only ``Z, k, weights, ridge`` are the reference's; the rest choose how the
+    fast path computes (``statlab.fast.FAST_ONLY_PARAMETERS``).
     """
+    rng = deprecated_generator(rng, generator)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    N, n = _check_matrix(Z)
+    N, n = check_matrix(Z)
     if method == "gram":
-        acc = GramAccumulator(n, device=Z.device, precision=precision, name="Z")
-        for start in range(0, N, batch_size):
-            acc.update(Z[start : start + batch_size])
-        return id_from_gram(acc.gram, k, weights=weights, ridge=ridge, rows=N)
+        G = gram_matrix(Z, precision=precision, batch_size=batch_size)
+        return id_from_gram(G, k, weights=weights, ridge=ridge, rows=N)
 
     matrix = Z
     if method == "sketch" and (sketch_size or 2 * n) < N:
-        acc = SketchAccumulator(n, sketch_size or 2 * n, kind=sketch, generator=generator,
+        acc = SketchAccumulator(n, sketch_size or 2 * n, kind=sketch, rng=as_generator(rng, Z.device),
                                 device=Z.device, name="Z")
         for start in range(0, N, batch_size):
             acc.update(Z[start : start + batch_size])
@@ -123,7 +131,7 @@ def interpolative_decomposition(
 
 def id_from_matrix(A: torch.Tensor, k: int | None = None, *, weights=None, ridge: float = 0.0) -> ID:
     """Exact pivoted-QR ID of ``A (M, n)`` (e.g. a sketch ``S Z``), computed on the CPU."""
-    _check_matrix(A)
+    check_matrix(A)
     w = None if weights is None else weights.detach().cpu().double().numpy()
     result = reference_id.interpolative_decomposition(
         A.detach().cpu().double().numpy(), k, weights=w, ridge=ridge
@@ -204,12 +212,32 @@ def interpolation_coefficients(G: torch.Tensor, idx: torch.Tensor, *, ridge: flo
     scale = G_II.diagonal().sum() / k
     if scale > 0:
         lam = (ridge + 10 * eps) * scale
-        coef[:, rest] = _solve_psd(G_II + lam * torch.eye(k, dtype=G.dtype, device=G.device), G[idx][:, rest])
+        coef[:, rest] = solve_psd(G_II + lam * torch.eye(k, dtype=G.dtype, device=G.device), G[idx][:, rest])
     return coef
 
 
-def _solve_psd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``A^{-1} B`` for symmetric positive (semi-)definite ``A``: Cholesky, else pseudo-inverse."""
+def ridge_least_squares(A: torch.Tensor, B: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Ridge-regularised least squares ``argmin_T ||A T - B||² + λ||T||²``, in fp64.
+
+    ``λ = ridge · trace(A^T A) / k`` for ``A (N, k)``, ``B (N, m)``; returns
+    ``T (k, m) = (A^T A + λ I)^{-1} A^T B`` (by :func:`solve_psd`), on ``A``'s device.
+    """
+    A = A.to(torch.float64)
+    B = B.to(device=A.device, dtype=torch.float64)
+    gram = A.T @ A
+    lam = ridge * gram.diagonal().sum() / max(A.shape[1], 1)
+    return solve_psd(gram + lam * torch.eye(A.shape[1], dtype=A.dtype, device=A.device), A.T @ B)
+
+
+def solve_psd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``X = A^{-1} B`` for a symmetric positive (semi-)definite ``A (k, k)``, ``B (k, m)``.
+
+    Cholesky on ``A``'s device when ``A`` is positive definite; otherwise the
+    minimum-norm least-squares solution (``gelsd``, on the CPU), so a singular
+    Gram still gives an answer. The one PSD solve of the fast path (the
+    interpolation coefficients, GOA's re-fit); twin of
+    :func:`statlab.reference.solve_psd`.
+    """
     chol, info = torch.linalg.cholesky_ex(A)
     if int(info) == 0:
         return torch.cholesky_solve(B, chol)
@@ -229,16 +257,6 @@ def reconstruction_error(Z: torch.Tensor, result: ID, *, batch_size: int = 16384
         num += (block - block[:, result.idx] @ coef).square().sum()
         den += block.square().sum()
     return 0.0 if den == 0 else float((num / den).sqrt())
-
-
-def _check_matrix(Z: torch.Tensor):
-    if not isinstance(Z, torch.Tensor):
-        raise TypeError(f"Z must be a torch.Tensor, got {type(Z).__name__} (use statlab.reference for NumPy arrays)")
-    if Z.ndim != 2:
-        raise ValueError(f"Z must be a 2-D tensor (N, n), got shape {tuple(Z.shape)}")
-    if Z.shape[0] == 0 or Z.shape[1] == 0:
-        raise ValueError(f"Z is empty (shape {tuple(Z.shape)}): need at least one row and one column")
-    return Z.shape
 
 
 def _check_k(k, n):

@@ -1,25 +1,40 @@
-"""MLP neurons from a streamed Gram; mirrors :mod:`statlab.reference.mlp`.
+"""MLP neurons on torch tensors; mirrors :mod:`statlab.reference.mlp`.
 
-The reference takes the activations ``Z (N, n)``; the fast path takes their Gram
-``G = Z^T Z (n, n)`` from a :class:`~statlab.fast.GramAccumulator`. The formula
-is the same: weighted ID with ``w_j = ||W2[:, j]||``, ``W2' = W2 @ T.T``.
+:func:`prune_mlp` and :func:`output_residuals` take the activations
+``Z (N, n)``, as the reference does; their Gram entry points
+:func:`prune_mlp_from_gram` and :func:`output_residuals_from_gram` take
+``G = Z^T Z (n, n)`` from a :class:`~statlab.fast.GramAccumulator` (what the
+driver captures: ``N`` is never materialised). The formula is the same:
+weighted ID with ``w_j = ||W2[:, j]||``, ``W2' = W2 @ T.T``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .gram import gram_matrix
 from .id import interpolation_coefficients, weighted_pivots
 from .pruning import ModulePruning
 
 
-def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0, curve: bool = True) -> ModulePruning:
-    """Keep ``k`` neurons and correct the output map.
+def prune_mlp(Z: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0, curve: bool = True) -> ModulePruning:
+    """Keep ``k`` neurons and correct the output map: :func:`prune_mlp_from_gram` of ``Z^T Z``.
+
+    ``Z (N, n)`` are the input activations of the output map, padding
+    excluded; their fp64 Gram is streamed (:func:`~statlab.fast.gram.gram_matrix`).
+    The other parameters and the result are those of :func:`prune_mlp_from_gram`.
+    """
+    return prune_mlp_from_gram(gram_matrix(Z), W_out, k, ridge=ridge, curve=curve)
+
+
+def prune_mlp_from_gram(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0,
+                        curve: bool = True) -> ModulePruning:
+    """Keep ``k`` neurons and correct the output map, from the Gram of the activations alone.
 
     Parameters
     ----------
     G : Tensor, shape (n, n)
-        Gram of the output map's input activations.
+        Gram ``Z^T Z`` of the output map's input activations.
     W_out : Tensor, shape (out, n)
     k : int
     ridge : float
@@ -30,7 +45,7 @@ def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.
     -------
     ModulePruning
         ``weight = W2 @ T.T (out, k)`` in fp64 and the relative output error
-        curve over ``k = 0..n`` (see :func:`output_residuals`).
+        curve over ``k = 0..n`` (see :func:`output_residuals_from_gram`).
     """
     W_out = W_out.detach().to(device=G.device, dtype=torch.float64)
     weights = W_out.norm(dim=0)  # (n,)
@@ -39,11 +54,19 @@ def prune_mlp(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.
     order = weighted_pivots(G, weights)[0]  # full pivot order, (n,)
     idx = order[:k]
     coef = interpolation_coefficients(G, idx, ridge=ridge, eps=torch.finfo(G.dtype).eps)
-    return ModulePruning(idx, W_out @ coef.T, output_residuals(G, W_out, order) if curve else None)
+    return ModulePruning(idx, W_out @ coef.T, output_residuals_from_gram(G, W_out, order) if curve else None)
 
 
-def output_residuals(G: torch.Tensor, W_out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def output_residuals(Z: torch.Tensor, W_out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Relative output error ``||(Z - Z_I T) W^T||_F / ||Z W^T||_F`` for ``I = order[:k]``, all ``k``.
+
+    ``Z (N, n)``; as :func:`output_residuals_from_gram` of ``Z^T Z``. Shape (n + 1,).
+    """
+    return output_residuals_from_gram(gram_matrix(Z), W_out, order)
+
+
+def output_residuals_from_gram(G: torch.Tensor, W_out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """:func:`output_residuals` from the Gram ``G = Z^T Z (n, n)``.
 
     With the Cholesky ``G[order][:, order] = L L^T``, the residual Gram of the
     columns after the first ``k`` is ``L[k:, k:] L[k:, k:]^T``, so the squared

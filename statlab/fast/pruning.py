@@ -20,4 +20,4 @@ class ModulePruning:
 
     idx: torch.Tensor
     weight: torch.Tensor
-    residuals: torch.Tensor
+    residuals: torch.Tensor | None

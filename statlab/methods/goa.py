@@ -96,7 +96,7 @@ import warnings
 import numpy as np
 import torch
 
-from statlab.fast.id import _solve_psd, interpolation_coefficients
+from statlab.fast.id import interpolation_coefficients, solve_psd
 from statlab.inputs import model_inputs
 
 from .base import ModuleStats, PruningMethod, gram_of, unit_columns
@@ -207,7 +207,7 @@ def refit_output_map(W: torch.Tensor, G: torch.Tensor, cols: torch.Tensor, error
         if scale > 0:
             lam = (ridge + 10 * torch.finfo(torch.float64).eps) * scale
             rhs = error.to(G)[cols] @ W.T  # (k, out)
-            out = out + _solve_psd(G_KK + lam * torch.eye(k, dtype=G.dtype, device=G.device), rhs).T
+            out = out + solve_psd(G_KK + lam * torch.eye(k, dtype=G.dtype, device=G.device), rhs).T
     return out
 
 

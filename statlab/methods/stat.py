@@ -27,9 +27,9 @@ def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
     W = module.W_out
     if module.backend == "fast":
         if module.kind == "attention":
-            r = fast_heads.prune_heads(module.stats, W, module.unit_size, k, ridge=module.ridge, curve=curve)
+            r = fast_heads.prune_heads_from_gram(module.stats, W, module.unit_size, k, ridge=module.ridge, curve=curve)
         else:
-            r = fast_mlp.prune_mlp(module.stats, W, k, ridge=module.ridge, curve=curve)
+            r = fast_mlp.prune_mlp_from_gram(module.stats, W, k, ridge=module.ridge, curve=curve)
         residuals = None if r.residuals is None else r.residuals.cpu().numpy()
         return r.idx.tolist(), r.weight, residuals
     W = W.detach().cpu().double().numpy()
