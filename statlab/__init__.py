@@ -14,8 +14,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("fast", "reference", "cli", "demo", "id_demo", "data", "calibration", "evaluate", "models", "capture",
-               "plan", "methods", "compare", "offload")
+_SUBMODULES = ("fast", "reference", "backends", "cli", "demo", "id_demo", "data", "calibration", "evaluate", "models",
+               "capture", "plan", "methods", "compare", "offload")
 _FUNCTIONS = {"prune": "statlab.driver", "CalibrationError": "statlab.driver", "load_pruned": "statlab.plan",
               "PruningPlan": "statlab.plan", "load_model": "statlab.models.loading",
               "calibration_batches": "statlab.calibration"}

@@ -12,10 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from statlab.backends import BACKENDS
 from statlab.fast import GramAccumulator, NonFiniteActivationError
 from statlab.inputs import check_calibration, model_inputs
-
-BACKENDS = ("fast", "reference")
 
 
 def _linear(model, label, path):

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from statlab.reference import budget as budget_lib
 
+from .backends import get_backend
 from .capture import BACKENDS, LayerReplay, capture
 from .costs import module_costs
 from .fast.gram import accumulation_dtype
@@ -282,7 +283,13 @@ def _targets(blocks, pruner, only=None):
 
 
 def _module(model, block, part, captured, backend, ridge) -> ModuleStats:
-    """What a method sees of ``block``'s attention or MLP, with the current weights."""
+    """What a method sees of ``block``'s attention or MLP, with the current weights.
+
+    ``backend`` (a name or a :class:`~statlab.backends.Backend`) becomes the
+    module's backend object, which turns the capture recorders into the data
+    its operations take.
+    """
+    backend = get_backend(backend)
     attention = part == "attention"
     W_out = model.get_submodule(block.attn_out if attention else block.mlp_out).weight
     W_in = tuple(model.get_submodule(p).weight for p in (block.attn_in if attention else block.mlp_in))
@@ -292,18 +299,14 @@ def _module(model, block, part, captured, backend, ridge) -> ModuleStats:
     return ModuleStats(
         kind=part, layer=block.index, units=block.units if attention else W_out.shape[1],
         unit_size=block.unit_size if attention else 1, W_out=W_out, W_in=W_in,
-        stats=None if recorder is None else _data(recorder, backend),
+        stats=None if recorder is None else backend.data(recorder),
         backend=backend, rows=0 if recorder is None else recorder.rows,
         mean=None if recorder is None else recorder.mean,
-        inputs=None if inputs is None else _data(inputs, backend),
+        inputs=None if inputs is None else backend.data(inputs),
         inputs_mean=None if inputs is None else inputs.mean,
         heads_per_unit=block.heads_per_unit if attention else 1, head_dim=block.head_dim if attention else 0,
         ridge=ridge,
     )
-
-
-def _data(recorder, backend):
-    return recorder.gram if backend == "fast" else recorder.matrix
 
 
 class _PhaseClock:

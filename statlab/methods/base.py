@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from statlab.backends import Backend, get_backend
 from statlab.inputs import check_int, check_ridge
 from statlab.reference import budget as budget_lib
 
@@ -41,8 +42,12 @@ class ModuleStats:
         ``W1`` / ``gate, up``), each of shape (units · rows_per_unit, d).
     stats : Tensor (n, n) or ndarray (N, n)
         Gram ``Z^T Z`` of ``W_out``'s input (fast backend) or the activations
-        ``Z`` themselves (reference backend); padding excluded.
-    backend : {"fast", "reference"}
+        ``Z`` themselves (reference backend); padding excluded. Read it only
+        through ``backend``'s operations.
+    backend : statlab.backends.Backend
+        What holds ``stats`` and computes with them (``backend.prune_mlp``,
+        ``backend.gram``, ...); a name (``"fast"``, ``"reference"``) is
+        turned into its backend on construction.
     rows : int
         Tokens behind ``stats``.
     mean : Tensor or ndarray, shape (n,), optional
@@ -64,7 +69,7 @@ class ModuleStats:
     W_out: torch.Tensor
     W_in: tuple
     stats: object
-    backend: str
+    backend: Backend
     rows: int
     mean: object = None
     inputs: object = None
@@ -73,22 +78,12 @@ class ModuleStats:
     head_dim: int = 0
     ridge: float = 0.0
 
+    def __post_init__(self):
+        self.backend = get_backend(self.backend)
+
     def gram(self) -> torch.Tensor:
-        """``Z^T Z`` in fp64 as a tensor, whichever the backend."""
-        return gram_of(self.stats, self.backend)
-
-
-def gram_of(data, backend: str, device=None) -> torch.Tensor:
-    """fp64 Gram of captured data: a Gram tensor as it is (fast backend) or ``X^T X`` of a matrix (reference).
-
-    A fast-backend Gram already in fp64 on ``device`` is returned as is (the
-    accumulator's storage): read-only.
-    """
-    if backend == "fast":
-        return data.to(device=device or data.device, dtype=torch.float64)
-    X = np.asarray(data, dtype=np.float64)
-    G = torch.from_numpy(X.T @ X)
-    return G if device is None else G.to(device)
+        """``Z^T Z`` in fp64 as a tensor, whichever the backend (on the CPU for the reference)."""
+        return self.backend.gram(self.stats)
 
 
 @dataclass
@@ -162,17 +157,11 @@ def restricted_w_out(module: ModuleStats, units) -> torch.Tensor:
 def unit_energies(module: ModuleStats) -> np.ndarray:
     """Output energy of every unit alone, ``||Z_u W_u^T||_F²``: shape (units,).
 
-    ``Σ_{a, b ∈ u} (W_u^T W_u)_ab G_ab`` from the Gram's diagonal blocks (fast
-    backend) or from the activations (reference).
+    ``Σ_{a, b ∈ u} (W_u^T W_u)_ab G_ab`` from each unit's diagonal block of
+    the Gram (:meth:`statlab.backends.Backend.unit_blocks`).
     """
     u, units = module.unit_size, module.units
-    if module.backend == "fast":
-        G = module.stats.to(torch.float64)
-        W = module.W_out.detach().to(device=G.device, dtype=torch.float64)
-        blocks = G.reshape(units, u, units, u).diagonal(dim1=0, dim2=2)  # (u, u, units)
-    else:
-        Z = torch.from_numpy(np.asarray(module.stats, dtype=np.float64)).reshape(-1, units, u)
-        W = module.W_out.detach().to(dtype=torch.float64, device="cpu")
-        blocks = torch.einsum("nia,nib->abi", Z, Z)
+    blocks = module.backend.unit_blocks(module.stats, units, u)  # (u, u, units)
+    W = module.W_out.detach().to(device=blocks.device, dtype=torch.float64)
     Wb = W.reshape(W.shape[0], units, u)
     return (torch.einsum("oia,oib->abi", Wb, Wb) * blocks).sum(dim=(0, 1)).cpu().numpy()

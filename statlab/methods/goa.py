@@ -86,6 +86,11 @@ deviation:
   described), so the sizes are uniform (:func:`~statlab.reference.budget.uniform_sizes`).
 - ``recovery=False`` gives the paper's "w/o remedy" rows (scores on the
   propagated statistics, no re-fit).
+- **Backends**: GOA has no NumPy formulas of its own. Under
+  ``backend="reference"`` it reads the torch fp64 Gram ``Zᵀ Z`` of the
+  reference's captured matrices (:meth:`~statlab.backends.Backend.gram`) and
+  computes in torch on the CPU; its own paired passes are torch under either
+  backend. Only the capture differs, so both backends keep the same units.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ import torch
 from statlab.fast.id import interpolation_coefficients, solve_psd
 from statlab.inputs import model_inputs
 
-from .base import ModuleStats, PruningMethod, gram_of, unit_columns
+from .base import ModuleStats, PruningMethod, unit_columns
 
 ACTIVATION_FACTOR = 0.5  # seed 003 §3.2.3: ½ for ReLU; GELU and SiLU are treated as ReLU
 
@@ -485,10 +490,9 @@ class Goa(PruningMethod):
         if module.stats is None:  # the driver does not propagate: the one-pass variant
             m = self.streams.moments(module.layer, module.kind, propagated=False)
             return m["gram"], m["inputs"], m["inputs_mean"], m["rows"], None
-        G = module.gram()
-        device = G.device if module.backend == "fast" else torch.device("cpu")
-        G = G.to(device)
-        S = gram_of(module.inputs, module.backend, device) if module.inputs is not None else None
+        G = module.gram()  # a torch Gram under either backend (the reference's: Z^T Z on the CPU)
+        device = G.device
+        S = module.backend.gram(module.inputs, device) if module.inputs is not None else None
         mean = None if module.inputs_mean is None else _as_tensor(module.inputs_mean, device)
         error = None
         if self.recovery:

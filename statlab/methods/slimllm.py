@@ -88,6 +88,10 @@ Choices, and deviations forced by the protocol:
   before the residual sum and the LayerNorm, as in the decoder case.
 - **Sequential**: the code prunes layer by layer on the outputs of the pruned
   layers, so ``propagates = True`` (``propagate=False`` uses the dense pass).
+- **Backends**: SlimLLM has no NumPy formulas of its own. Under
+  ``backend="reference"`` it reads the torch fp64 Gram ``Zᵀ Z`` of the
+  reference's captured matrices (:meth:`~statlab.backends.Backend.gram`) and
+  computes in torch on the CPU; only the capture differs.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ import torch
 
 from statlab.inputs import model_inputs
 
-from .base import PruningMethod, SizeChoice, gram_of, unit_columns
+from .base import PruningMethod, SizeChoice, unit_columns
 from .goa import token_mask
 
 # --------------------------------------------------------------------------- attention: Pearson similarity
@@ -400,16 +404,15 @@ class SlimLLM(PruningMethod):
         return SizeChoice(sizes, None, info)
 
     def select(self, module, k):
-        G = module.gram()
-        device = G.device if module.backend == "fast" else torch.device("cpu")
-        G = G.to(device)
+        G = module.gram()  # a torch Gram under either backend (the reference's: Z^T Z on the CPU)
+        device = G.device
         C = centred_covariance(G, module.mean, module.rows)
         W = module.W_out.detach().to(device=device, dtype=torch.float64)
         u = module.unit_size
         if module.kind == "attention":
             kept = greedy_heads(unit_output_covariances(W, C, u), k, greedy=self.greedy)
         else:
-            S_in = gram_of(module.inputs, module.backend, device)
+            S_in = module.backend.gram(module.inputs, device)
             W_in = tuple(w.detach() for w in module.W_in)
             kept = piecewise_keep(channel_scores(W, W_in, C, G, S_in).cpu().numpy(), k, self.protect)
         cols = unit_columns(kept, u).to(device)

@@ -4,40 +4,28 @@ Sizes: each module's relative output-error curve ``r(k)`` from the dense pass,
 weighted per layer (:func:`layer_weights`), and one threshold bisected to meet
 the budget (:func:`statlab.reference.budget.choose_sizes`). Selection: the ID
 of the (propagated) activations at that size, with the correction folded into
-``W_out`` — by :mod:`statlab.fast` on Grams or :mod:`statlab.reference` on
-matrices.
+``W_out`` — by the module's backend (:mod:`statlab.backends`: :mod:`statlab.fast`
+on Grams or :mod:`statlab.reference` on matrices).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from statlab.fast import heads as fast_heads
-from statlab.fast import mlp as fast_mlp
 from statlab.reference import budget as budget_lib
-from statlab.reference import heads as ref_heads
-from statlab.reference import mlp as ref_mlp
 
 from .base import ModuleStats, PruningMethod, SizeChoice, restricted_w_out, unit_energies
 
 
 def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
     """``(kept units, W_out' fp64 tensor, residual curve or None)`` of one module at ``k`` units."""
-    W = module.W_out
-    if module.backend == "fast":
-        if module.kind == "attention":
-            r = fast_heads.prune_heads_from_gram(module.stats, W, module.unit_size, k, ridge=module.ridge, curve=curve)
-        else:
-            r = fast_mlp.prune_mlp_from_gram(module.stats, W, k, ridge=module.ridge, curve=curve)
-        residuals = None if r.residuals is None else r.residuals.cpu().numpy()
-        return r.idx.tolist(), r.weight, residuals
-    W = W.detach().cpu().double().numpy()
     if module.kind == "attention":
-        r = ref_heads.prune_heads(module.stats, W, module.unit_size, k, ridge=module.ridge, curve=curve)
+        r = module.backend.prune_heads(module.stats, module.W_out, module.unit_size, k, ridge=module.ridge,
+                                       curve=curve)
     else:
-        r = ref_mlp.prune_mlp(module.stats, W, k, ridge=module.ridge, curve=curve)
-    return r.idx.tolist(), torch.from_numpy(r.weight), r.residuals
+        r = module.backend.prune_mlp(module.stats, module.W_out, k, ridge=module.ridge, curve=curve)
+    residuals = None if r.residuals is None else r.residuals.cpu().numpy()
+    return r.idx.tolist(), r.weight, residuals
 
 
 def layer_weights(modules: list, adapter) -> np.ndarray:

@@ -1,0 +1,137 @@
+"""The two backends as objects: one set of operations on captured statistics, two implementations.
+
+``prune(..., backend="fast")`` captures streamed Grams ``G = Z^T Z`` on the
+model's device and computes with :mod:`statlab.fast`; ``backend="reference"``
+captures the fp64 activation matrices ``Z`` on the CPU and computes with
+:mod:`statlab.reference` (DESIGN §2.1). A method never asks which: it calls
+``module.backend.prune_mlp(module.stats, ...)`` and friends on the
+:class:`~statlab.methods.base.ModuleStats` the driver hands it, and every
+operation answers in the same types whatever the backend — torch tensors in
+fp64 for matrices (on the data's device: the CPU for the reference), a
+:class:`statlab.fast.ModulePruning` for a pruned module.
+
+Methods with no reference formulas of their own (GOA, SlimLLM) work on
+:meth:`Backend.gram`: under ``backend="reference"`` that is the torch fp64
+Gram ``Z^T Z`` of the captured matrix, so their arithmetic is torch on the CPU
+and only the capture is the reference's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from statlab import fast
+from statlab import reference
+
+BACKENDS = ("fast", "reference")
+
+
+class Backend(ABC):
+    """What a method may do with the statistics the driver captured for one module.
+
+    ``data`` below is what :meth:`data` made of a capture recorder: a Gram
+    ``(n, n)`` tensor (fast) or an activation matrix ``(N, n)`` ndarray
+    (reference), padding excluded.
+    """
+
+    name = ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    @abstractmethod
+    def data(self, recorder):
+        """What methods see of a capture recorder (``statlab.capture.capture``'s values)."""
+
+    @abstractmethod
+    def gram(self, data, device=None) -> torch.Tensor:
+        """``Z^T Z (n, n)`` in fp64 on ``device`` (default: where ``data`` is).
+
+        A fast Gram already in fp64 there is returned as is (the accumulator's
+        storage): read-only.
+        """
+
+    @abstractmethod
+    def unit_blocks(self, data, units: int, unit_size: int) -> torch.Tensor:
+        """``B[a, b, u] = Σ_t Z[t, u·s + a] Z[t, u·s + b]``, each unit's diagonal Gram block: (s, s, units) fp64."""
+
+    @abstractmethod
+    def prune_mlp(self, data, W_out: torch.Tensor, k: int, *, ridge: float = 0.0,
+                  curve: bool = True) -> fast.ModulePruning:
+        """Keep ``k`` neurons and fold the correction into ``W_out (out, n)`` (DESIGN §1.2)."""
+
+    @abstractmethod
+    def prune_heads(self, data, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
+                    curve: bool = True) -> fast.ModulePruning:
+        """Keep ``k`` attention units and fold the correction into ``W_out (out, d)`` (DESIGN §1.3)."""
+
+
+class FastBackend(Backend):
+    """Grams on the model's device, :mod:`statlab.fast`."""
+
+    name = "fast"
+
+    def data(self, recorder):
+        return recorder.gram
+
+    def gram(self, data, device=None):
+        return data.to(device=device or data.device, dtype=torch.float64)
+
+    def unit_blocks(self, data, units, unit_size):
+        G = data.to(torch.float64)
+        return G.reshape(units, unit_size, units, unit_size).diagonal(dim1=0, dim2=2)
+
+    def prune_mlp(self, data, W_out, k, *, ridge=0.0, curve=True):
+        return fast.prune_mlp_from_gram(data, W_out, k, ridge=ridge, curve=curve)
+
+    def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True):
+        return fast.prune_heads_from_gram(data, W_out, unit_size, k, ridge=ridge, curve=curve)
+
+
+class ReferenceBackend(Backend):
+    """fp64 activation matrices on the CPU, :mod:`statlab.reference` (NumPy/SciPy)."""
+
+    name = "reference"
+
+    def data(self, recorder):
+        return recorder.matrix
+
+    def gram(self, data, device=None):
+        X = np.asarray(data, dtype=np.float64)
+        G = torch.from_numpy(X.T @ X)
+        return G if device is None else G.to(device)
+
+    def unit_blocks(self, data, units, unit_size):
+        Z = torch.from_numpy(np.asarray(data, dtype=np.float64)).reshape(-1, units, unit_size)
+        return torch.einsum("nia,nib->abi", Z, Z)
+
+    def prune_mlp(self, data, W_out, k, *, ridge=0.0, curve=True):
+        return _as_torch(reference.prune_mlp(data, _numpy(W_out), k, ridge=ridge, curve=curve))
+
+    def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True):
+        return _as_torch(reference.prune_heads(data, _numpy(W_out), unit_size, k, ridge=ridge, curve=curve))
+
+
+def _numpy(W: torch.Tensor) -> np.ndarray:
+    return W.detach().cpu().double().numpy()
+
+
+def _as_torch(result: reference.ModulePruning) -> fast.ModulePruning:
+    """The reference's result as the fast path's type, sharing memory (no values change)."""
+    residuals = None if result.residuals is None else torch.from_numpy(result.residuals)
+    return fast.ModulePruning(torch.from_numpy(result.idx), torch.from_numpy(result.weight), residuals)
+
+
+_INSTANCES = {b.name: b for b in (FastBackend(), ReferenceBackend())}
+
+
+def get_backend(backend) -> Backend:
+    """The backend called ``backend`` (``"fast"`` or ``"reference"``); a :class:`Backend` is returned as is."""
+    if isinstance(backend, Backend):
+        return backend
+    if backend not in _INSTANCES:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _INSTANCES[backend]
