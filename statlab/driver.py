@@ -30,10 +30,10 @@ from .costs import module_costs
 from .fast.gram import accumulation_dtype
 from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters,
                      check_int, check_real, check_ridge, eval_mode)
-from .methods import METHODS, ModuleStats, PruningMethod, get_method
+from .methods import METHODS, ModuleStats, PruningMethod, Selection, get_method
 from .models import get_adapter
 from .offload import BlocksOnDemand
-from .plan import PruningPlan, apply_attention, apply_mlp, config_hash, weights_fingerprint
+from .plan import PruningPlan, _tensor_name, apply_attention, apply_mlp, config_hash, weights_fingerprint
 
 
 def _check_budget(mac_fraction, sparsity):
@@ -133,8 +133,12 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     CalibrationError
         Calibration that is empty, too small, or malformed (the message names the batch).
     NonFiniteWeightError
-        NaN/Inf in a parameter (before any work) or in a new output map (the
-        message names the layer and module; the layers below are then pruned).
+        NaN/Inf in a parameter (before any work) or in a new output map, bias or
+        input rows (the message names the layer and module; the layers below are
+        then pruned).
+    SelectionError
+        A method's :class:`~statlab.methods.Selection` whose shapes do not fit
+        the module (the message names the method, layer and module).
 
     The model runs in eval mode (no dropout) and gets its modes back at the end,
     also on error.
@@ -224,15 +228,22 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
                 with clock("capture"):
                     stats = propagated(b, part) if propagate else dense
                 with clock("selection"):
-                    units, weight = pruner.select(_module(model, b, part, stats, backend, ridge), k)
-                    weight = _finite_output_map(weight, dtype, b, part)
+                    module = _module(model, b, part, stats, backend, ridge)
+                    selection = _checked_selection(pruner.select(module, k), module, k, method)
+                    selection = _finite_output_map(selection, dtype, b, part)
+                units, weight, bias, rows = selection.units, selection.w_out, selection.b_out, selection.w_in_rows
+                del module
                 with clock("rewrite"):
                     if part == "attention":
-                        apply_attention(model, adapter, b, units, weight)
+                        apply_attention(model, adapter, b, units, weight, bias, rows)
                     else:
-                        apply_mlp(model, b, units, weight)
+                        apply_mlp(model, b, units, weight, bias, rows)
                 kept[part] = units
-                tensors[f"layer.{b.index}.{'attn' if part == 'attention' else 'mlp'}_out.weight"] = weight.cpu()
+                tensors[_tensor_name(b.index, part)] = weight.cpu()
+                if bias is not None:
+                    tensors[_tensor_name(b.index, part, bias=True)] = bias.cpu()
+                for j, w in enumerate(rows or ()):
+                    tensors[_tensor_name(b.index, part, input=j)] = w.cpu()
             layers.append({
                 "index": b.index, "attn_units": b.units, "attn_kept": kept["attention"],
                 "mlp_units": flat_costs[2 * b.index + 1].units,
@@ -253,21 +264,69 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     return PruningPlan(meta, layers, tensors)
 
 
-def _finite_output_map(weight, dtype, block, part):
-    """``weight`` in the model's ``dtype``, or :class:`NonFiniteWeightError` naming the module if not finite."""
-    if not torch.isfinite(weight).all():
-        raise NonFiniteWeightError(
-            f"layer {block.index} {part}: the new output map has NaN/Inf entries; the model's weights or "
-            "activations are not finite (the layers below are already pruned: reload the model before retrying)"
-        )
-    cast = weight.to(dtype)
-    if not torch.isfinite(cast).all():
-        raise NonFiniteWeightError(
-            f"layer {block.index} {part}: the new output map overflows {dtype} "
-            f"(largest entry {float(weight.abs().max()):.3g}); raise ridge or prune in float32 "
-            "(the layers below are already pruned: reload the model first)"
-        )
-    return cast
+class SelectionError(ValueError):
+    """A method's :class:`~statlab.methods.Selection` that does not fit its module (a bug in the method)."""
+
+
+def _checked_selection(selection, module: ModuleStats, k: int, method: str) -> Selection:
+    """``selection`` as a :class:`Selection` whose shapes fit ``module`` at ``k`` units, or :class:`SelectionError`.
+
+    A plain ``(units, w_out)`` pair (the protocol before :class:`Selection`) is
+    accepted as a Selection without bias or input rows.
+    """
+    where = f"method {method!r}, layer {module.layer} {module.kind}"
+    if not isinstance(selection, Selection):
+        if not (isinstance(selection, tuple) and len(selection) == 2):
+            raise SelectionError(f"{where}: select() must return a Selection, got {type(selection).__name__}")
+        selection = Selection(*selection)
+    units = [int(u) for u in selection.units]
+    if len(units) != k or len(set(units)) != k or any(not 0 <= u < module.units for u in units):
+        raise SelectionError(f"{where}: {len(units)} kept units {units[:8]} for a size of {k} distinct units "
+                             f"in 0..{module.units - 1}")
+    out = module.W_out.shape[0]
+
+    def check(name, tensor, shape):
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+            got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise SelectionError(f"{where}: {name} has shape {got}, expected {shape}")
+
+    check("w_out", selection.w_out, (out, k * module.unit_size))
+    if selection.b_out is not None:
+        check("b_out", selection.b_out, (out,))
+    rows = selection.w_in_rows
+    if rows is not None:
+        if not isinstance(rows, (tuple, list)) or len(rows) != len(module.W_in):
+            raise SelectionError(f"{where}: w_in_rows must hold {len(module.W_in)} tensors, one per input map")
+        for j, (w, W) in enumerate(zip(rows, module.W_in)):
+            check(f"w_in_rows[{j}]", w, (k * (W.shape[0] // module.units), W.shape[1]))
+        rows = tuple(rows)
+    return Selection(units, selection.w_out, selection.b_out, rows)
+
+
+def _finite_output_map(selection: Selection, dtype, block, part) -> Selection:
+    """Every tensor of ``selection`` in the model's ``dtype``, or :class:`NonFiniteWeightError` naming the module."""
+    named = [("output map", selection.w_out)]
+    if selection.b_out is not None:
+        named.append(("output bias", selection.b_out))
+    named += [(f"input map {j}'s rows", w) for j, w in enumerate(selection.w_in_rows or ())]
+    cast = []
+    for what, tensor in named:
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteWeightError(
+                f"layer {block.index} {part}: the new {what} has NaN/Inf entries; the model's weights or "
+                "activations are not finite (the layers below are already pruned: reload the model before retrying)"
+            )
+        c = tensor.to(dtype)
+        if not torch.isfinite(c).all():
+            raise NonFiniteWeightError(
+                f"layer {block.index} {part}: the new {what} overflows {dtype} "
+                f"(largest entry {float(tensor.abs().max()):.3g}); raise ridge or prune in float32 "
+                "(the layers below are already pruned: reload the model first)"
+            )
+        cast.append(c)
+    b_out = cast[1] if selection.b_out is not None else None
+    rows = tuple(cast[2 if b_out is not None else 1:]) if selection.w_in_rows is not None else None
+    return Selection(selection.units, cast[0], b_out, rows)
 
 
 def _targets(blocks, pruner, only=None):
@@ -291,7 +350,8 @@ def _module(model, block, part, captured, backend, ridge) -> ModuleStats:
     """
     backend = get_backend(backend)
     attention = part == "attention"
-    W_out = model.get_submodule(block.attn_out if attention else block.mlp_out).weight
+    out_map = model.get_submodule(block.attn_out if attention else block.mlp_out)
+    W_out = out_map.weight
     W_in = tuple(model.get_submodule(p).weight for p in (block.attn_in if attention else block.mlp_in))
     label = f"layer {block.index} {part}"
     recorder = None if captured is None else captured[label]
@@ -305,7 +365,7 @@ def _module(model, block, part, captured, backend, ridge) -> ModuleStats:
         inputs=None if inputs is None else backend.data(inputs),
         inputs_mean=None if inputs is None else inputs.mean,
         heads_per_unit=block.heads_per_unit if attention else 1, head_dim=block.head_dim if attention else 0,
-        ridge=ridge,
+        ridge=ridge, b_out=out_map.bias,
     )
 
 

@@ -4,7 +4,9 @@ A plan is data, not a pickle: ``plan.json`` (kept units per layer, budget,
 method, hashes, versions) and ``weights.safetensors`` (the corrected output
 maps, in the model's dtype). Applying it to the base model it was made from
 reproduces the pruned model bit for bit; applying it to another model is
-refused.
+refused. Methods that set a new output bias or re-fit input rows
+(:class:`~statlab.methods.Selection`) add those tensors; plans of methods
+that set neither hold only the output maps.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from .files import TEMP_PREFIX, atomic_write, remove_stale_temporaries
 from .models import get_adapter
-from .surgery import keep_rows, set_input_weight, unit_rows
+from .surgery import keep_rows, set_bias, set_input_weight, unit_rows
 
 FORMAT_VERSION = 2  # 2: plan.json records the weights file's SHA-256; 1 (no hash) still loads
 _READABLE_FORMATS = (1, 2)
@@ -177,7 +179,12 @@ class PruningPlan:
         Per layer: ``attn_units``, ``attn_kept`` (units in importance order),
         ``mlp_units``, ``mlp_kept``, and the residual curves used for the sizes.
     tensors : dict of str to Tensor
-        ``layer.{i}.attn_out.weight (out, k_a · u)`` and ``layer.{i}.mlp_out.weight (out, k_m)``.
+        ``layer.{i}.attn_out.weight (out, k_a · u)`` and ``layer.{i}.mlp_out.weight (out, k_m)``;
+        where the method set them (:class:`~statlab.methods.Selection`), the new
+        output biases ``layer.{i}.{attn|mlp}_out.bias (out,)`` and the re-fitted
+        rows of the kept units of the ``j``-th input map,
+        ``layer.{i}.{attn|mlp}_in.{j}.weight (k · rows_per_unit, d)``
+        (all of a module's input maps, or none). Names: :func:`_tensor_name`.
     """
 
     meta: dict
@@ -287,7 +294,8 @@ class PruningPlan:
             if layer["index"] != i:
                 raise PlanError(f"{where}.index is {layer['index']!r}, expected {i} (layers missing or reordered)")
             for part in ("attn", "mlp"):
-                _check_kept(layer[f"{part}_kept"], layer[f"{part}_units"], f"{where}.{part}_kept")
+                kept = layer[f"{part}_kept"]
+                _check_kept(kept, layer[f"{part}_units"], f"{where}.{part}_kept")
                 name = _tensor_name(i, part)
                 expected.add(name)
                 if name not in self.tensors:
@@ -295,11 +303,12 @@ class PruningPlan:
                 tensor = self.tensors[name]
                 if tensor.ndim != 2 or not tensor.is_floating_point():
                     raise PlanError(f"{name} must be a 2-D float tensor, got {tensor.dtype} of shape {tuple(tensor.shape)}")
-                if tensor.shape[1] % max(len(layer[f"{part}_kept"]), 1) and layer[f"{part}_kept"]:
+                if tensor.shape[1] % max(len(kept), 1) and kept:
                     raise PlanError(f"{name} has {tensor.shape[1]} input columns, not a multiple of the "
-                                    f"{len(layer[f'{part}_kept'])} kept units")
-                if part == "mlp" and tensor.shape[1] != len(layer["mlp_kept"]):
-                    raise PlanError(f"{name} has {tensor.shape[1]} input columns for {len(layer['mlp_kept'])} kept neurons")
+                                    f"{len(kept)} kept units")
+                if part == "mlp" and tensor.shape[1] != len(kept):
+                    raise PlanError(f"{name} has {tensor.shape[1]} input columns for {len(kept)} kept neurons")
+                expected |= _check_optional(self.tensors, i, part, tensor.shape[0], len(kept))
         extra = sorted(set(self.tensors) - expected)
         if extra:
             raise PlanError(f"the weights hold tensors no layer uses: {', '.join(extra[:3])}")
@@ -349,6 +358,20 @@ class PruningPlan:
                 if tuple(self.tensors[name].shape) != (out.out_features, width):
                     raise PlanError(f"{name} has shape {tuple(self.tensors[name].shape)}; the kept units need "
                                     f"({out.out_features}, {width})")
+                paths = block.attn_in if part == "attn" else block.mlp_in
+                units = block.units if part == "attn" else block.mlp_units
+                rows = _input_rows(self.tensors, block.index, part)
+                if rows is None:
+                    continue
+                if len(rows) != len(paths):
+                    raise PlanError(f"{_tensor_name(block.index, part, input=0)}...: {len(rows)} re-fitted input maps; "
+                                    f"the model's {part} has {len(paths)}")
+                for j, (path, tensor) in enumerate(zip(paths, rows)):
+                    m = model.get_submodule(path)
+                    shape = (len(layer[f"{part}_kept"]) * (m.out_features // units), m.in_features)
+                    if tuple(tensor.shape) != shape:
+                        raise PlanError(f"{_tensor_name(block.index, part, input=j)} has shape {tuple(tensor.shape)}; "
+                                        f"the kept units of {path} need {shape}")
 
     def apply(self, model):
         """Prune ``model`` (a dense copy of the base model) in place; returns it.
@@ -360,8 +383,11 @@ class PruningPlan:
         blocks = adapter.blocks(model)
         self.check_against(model, adapter, blocks)
         for block, layer in zip(blocks, self.layers):
-            apply_attention(model, adapter, block, layer["attn_kept"], self.tensors[_tensor_name(block.index, "attn")])
-            apply_mlp(model, block, layer["mlp_kept"], self.tensors[_tensor_name(block.index, "mlp")])
+            i, t = block.index, self.tensors
+            apply_attention(model, adapter, block, layer["attn_kept"], t[_tensor_name(i, "attn")],
+                            t.get(_tensor_name(i, "attn", bias=True)), _input_rows(t, i, "attn"))
+            apply_mlp(model, block, layer["mlp_kept"], t[_tensor_name(i, "mlp")],
+                      t.get(_tensor_name(i, "mlp", bias=True)), _input_rows(t, i, "mlp"))
         return model
 
 
@@ -385,9 +411,46 @@ def _recover(directory: Path) -> None:
         backup.unlink()
 
 
-def _tensor_name(index: int, part: str) -> str:
-    """The one place tensor names are formed: ``layer.{i}.{attn|mlp}_out.weight``."""
-    return f"layer.{index}.{part}_out.weight"
+def _tensor_name(index: int, part: str, *, bias: bool = False, input: int | None = None) -> str:
+    """The one place tensor names are formed.
+
+    ``layer.{i}.{part}_out.weight`` (the output map), ``layer.{i}.{part}_out.bias``
+    (``bias=True``: its new bias) or ``layer.{i}.{part}_in.{j}.weight``
+    (``input=j``: the kept rows of the ``j``-th input map); ``part`` is
+    ``"attn"`` or ``"mlp"`` (the driver's ``"attention"`` is accepted).
+    """
+    part = "attn" if part == "attention" else part
+    if input is not None:
+        return f"layer.{index}.{part}_in.{input}.weight"
+    return f"layer.{index}.{part}_out.{'bias' if bias else 'weight'}"
+
+
+def _input_rows(tensors, index: int, part: str):
+    """The re-fitted input rows of a module, ``(in.0, in.1, ...)`` as far as they run, or None."""
+    rows = []
+    while _tensor_name(index, part, input=len(rows)) in tensors:
+        rows.append(tensors[_tensor_name(index, part, input=len(rows))])
+    return tuple(rows) or None
+
+
+def _check_optional(tensors, index: int, part: str, out: int, kept: int) -> set:
+    """Check a module's optional tensors (bias, input rows) on their own; returns their names."""
+    names = set()
+    bias = _tensor_name(index, part, bias=True)
+    if bias in tensors:
+        t = tensors[bias]
+        if not t.is_floating_point() or tuple(t.shape) != (out,):
+            raise PlanError(f"{bias} must be a float tensor of shape ({out},), got {t.dtype} of shape {tuple(t.shape)}")
+        names.add(bias)
+    for j, t in enumerate(_input_rows(tensors, index, part) or ()):
+        name = _tensor_name(index, part, input=j)
+        if t.ndim != 2 or not t.is_floating_point():
+            raise PlanError(f"{name} must be a 2-D float tensor, got {t.dtype} of shape {tuple(t.shape)}")
+        if (t.shape[0] % kept if kept else t.shape[0]) or (part == "mlp" and t.shape[0] != kept):
+            raise PlanError(f"{name} has {t.shape[0]} rows, not {'' if part == 'mlp' else 'a multiple of '}"
+                            f"the {kept} kept units")
+        names.add(name)
+    return names
 
 
 def _check_kept(kept, units, where) -> None:
@@ -431,25 +494,39 @@ def _read_document(path: Path) -> dict:
     return document
 
 
-def apply_attention(model, adapter, block, kept, weight) -> None:
-    """Keep attention units ``kept`` of ``block``; ``weight (out, k·u)`` becomes ``W_O``."""
+def apply_attention(model, adapter, block, kept, weight, b_out=None, w_in_rows=None) -> None:
+    """Keep attention units ``kept`` of ``block``; ``weight (out, k·u)`` becomes ``W_O``.
+
+    ``b_out (out,)``, if given, becomes ``W_O``'s bias (added where it had
+    none); ``w_in_rows``, if given, replaces the kept rows of ``W_Q, W_K, W_V``
+    (one tensor each, ``(k · rows_per_unit, d)``).
+    """
     units = torch.as_tensor(kept, dtype=torch.int64)
-    for path in block.attn_in:
+    for j, path in enumerate(block.attn_in):
         rows_per_unit = model.get_submodule(path).out_features // block.units
-        keep_rows(model, path, unit_rows(units, rows_per_unit))
+        keep_rows(model, path, unit_rows(units, rows_per_unit), None if w_in_rows is None else w_in_rows[j])
     set_input_weight(model, block.attn_out, weight)
+    if b_out is not None:
+        set_bias(model, block.attn_out, b_out)
     if len(kept) == 0:
         adapter.remove_attention(model, block)
     else:
         adapter.set_units(model, block, len(kept))
 
 
-def apply_mlp(model, block, kept, weight) -> None:
-    """Keep neurons ``kept`` of ``block``; ``weight (out, k)`` becomes ``W2``."""
+def apply_mlp(model, block, kept, weight, b_out=None, w_in_rows=None) -> None:
+    """Keep neurons ``kept`` of ``block``; ``weight (out, k)`` becomes ``W2``.
+
+    ``b_out (out,)``, if given, becomes ``W2``'s bias (added where it had none);
+    ``w_in_rows``, if given, replaces the kept rows of ``W1`` / ``gate, up``
+    (one tensor each, ``(k, d)``).
+    """
     rows = torch.as_tensor(kept, dtype=torch.int64)
-    for path in block.mlp_in:
-        keep_rows(model, path, rows)
+    for j, path in enumerate(block.mlp_in):
+        keep_rows(model, path, rows, None if w_in_rows is None else w_in_rows[j])
     set_input_weight(model, block.mlp_out, weight)
+    if b_out is not None:
+        set_bias(model, block.mlp_out, b_out)
 
 
 def load_pruned(directory, *, dtype=None):

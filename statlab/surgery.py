@@ -30,18 +30,35 @@ def _new_linear(in_features, out_features, like: nn.Linear, weight, bias):
     return layer
 
 
-def keep_rows(model: nn.Module, path: str, rows: torch.Tensor) -> None:
-    """Keep output rows ``rows`` of the linear map at ``path`` (units feeding forward)."""
+def keep_rows(model: nn.Module, path: str, rows: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+    """Keep output rows ``rows`` of the linear map at ``path`` (units feeding forward).
+
+    ``weight (len(rows), in)``, when given, replaces those rows' weights (a
+    re-fitted input map); their bias entries are kept either way.
+    """
     old = model.get_submodule(path)
     rows = rows.to(old.weight.device)
     bias = None if old.bias is None else old.bias[rows]
-    replace_module(model, path, _new_linear(old.in_features, rows.numel(), old, old.weight[rows], bias))
+    new = old.weight[rows] if weight is None else weight.to(old.weight)
+    replace_module(model, path, _new_linear(old.in_features, rows.numel(), old, new, bias))
 
 
 def set_input_weight(model: nn.Module, path: str, weight: torch.Tensor) -> None:
     """Replace the linear map at ``path`` by one with ``weight (out, k)``; the bias stays."""
     old = model.get_submodule(path)
     new = _new_linear(weight.shape[1], old.out_features, old, weight.to(old.weight), old.bias)
+    replace_module(model, path, new)
+
+
+def set_bias(model: nn.Module, path: str, bias: torch.Tensor) -> None:
+    """Give the linear map at ``path`` the bias ``bias (out,)``, adding one where it had none; the weight stays."""
+    old = model.get_submodule(path)
+    bias = bias.to(old.weight)
+    if old.bias is not None:
+        with torch.no_grad():
+            old.bias.copy_(bias)
+        return
+    new = _new_linear(old.in_features, old.out_features, old, old.weight, bias)
     replace_module(model, path, new)
 
 

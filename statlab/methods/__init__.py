@@ -7,7 +7,7 @@ for what a method provides.
 
 from __future__ import annotations
 
-from .base import ModuleStats, PruningMethod, SizeChoice, keep_top, unit_columns, unit_energies
+from .base import ModuleStats, PruningMethod, Selection, SizeChoice, keep_top, unit_columns, unit_energies
 from .baselines import Activation, Magnitude, Random
 from .goa import Goa
 from .slimllm import SlimLLM
@@ -23,5 +23,5 @@ def get_method(name: str, **options) -> PruningMethod:
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "get_method", "PruningMethod", "ModuleStats", "SizeChoice", "keep_top", "unit_columns",
+__all__ = ["METHODS", "get_method", "PruningMethod", "ModuleStats", "Selection", "SizeChoice", "keep_top", "unit_columns",
            "unit_energies", "Stat", "Goa", "SlimLLM", "Activation", "Magnitude", "Random"]

@@ -7,8 +7,9 @@ model, propagation through pruned layers, surgery and plans. A method only
    pruning pass wants activations propagated through the pruned layers below
    (``propagates``);
 2. turns the dense pass into per-module sizes that meet the budget (``sizes``);
-3. for one module and its size, returns the kept units and the new output
-   map (``select``).
+3. for one module and its size, returns a :class:`Selection`: the kept units,
+   the new output map and, optionally, a new output bias and new input rows
+   (``select``); the driver applies all of it and the plan stores it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class ModuleStats:
         Input columns of ``W_out`` per unit (``heads_per_unit · head_dim``; 1 for neurons).
     W_out : Tensor, shape (out, units · unit_size)
         The output map (``W_O`` or ``W2`` / ``down_proj``), current weights.
+    b_out : Tensor, shape (out,), optional
+        The output map's current bias (None: it has none).
     W_in : tuple of Tensor
         The maps whose output rows belong to units (``W_Q, W_K, W_V`` or
         ``W1`` / ``gate, up``), each of shape (units · rows_per_unit, d).
@@ -77,6 +80,7 @@ class ModuleStats:
     heads_per_unit: int = 1
     head_dim: int = 0
     ridge: float = 0.0
+    b_out: torch.Tensor | None = None
 
     def __post_init__(self):
         self.backend = get_backend(self.backend)
@@ -84,6 +88,39 @@ class ModuleStats:
     def gram(self) -> torch.Tensor:
         """``Z^T Z`` in fp64 as a tensor, whichever the backend (on the CPU for the reference)."""
         return self.backend.gram(self.stats)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a method keeps of one module, and the weights that replace it (DESIGN §2).
+
+    Attributes
+    ----------
+    units : list of int, shape (k,)
+        Kept units (heads / KV groups, or neurons), in importance order.
+    w_out : Tensor, shape (out, k · unit_size)
+        The new output map (``W_O`` / ``W2`` / ``down_proj``) on the kept units' columns.
+    b_out : Tensor, shape (out,), optional
+        The new bias of the output map. None keeps the bias as it is (an absent
+        bias stays absent); a tensor on a map without bias gives it one.
+    w_in_rows : tuple of Tensor, optional
+        New rows of the input maps, in the order of ``ModuleStats.W_in``
+        (``W_Q, W_K, W_V`` / ``W1`` or ``gate, up``), each of shape
+        (k · rows_per_unit, d): the rows of the kept units, in the order of
+        ``units``. None keeps those rows as they are. Their biases are kept.
+
+    Iterating gives the two-field view ``(units, w_out)``, so
+    ``units, w_out = method.select(module, k)`` reads the kept units and the
+    output map (and ignores ``b_out`` and ``w_in_rows``).
+    """
+
+    units: list
+    w_out: torch.Tensor
+    b_out: torch.Tensor | None = None
+    w_in_rows: tuple | None = None
+
+    def __iter__(self):
+        return iter((self.units, self.w_out))
 
 
 @dataclass
@@ -131,8 +168,8 @@ class PruningMethod:
         """
         return SizeChoice(budget_lib.uniform_sizes(costs, fraction))
 
-    def select(self, module: ModuleStats, k: int) -> tuple[list, torch.Tensor]:
-        """Keep ``k`` units: ``(kept unit indices, new W_out (out, k · unit_size) in fp64)``."""
+    def select(self, module: ModuleStats, k: int) -> Selection:
+        """Keep ``k`` units: a :class:`Selection` (kept units, new ``W_out (out, k · unit_size)`` in fp64, ...)."""
         raise NotImplementedError
 
 
@@ -142,11 +179,11 @@ def unit_columns(units, unit_size: int) -> torch.Tensor:
     return (units[:, None] * unit_size + torch.arange(unit_size)).reshape(-1)
 
 
-def keep_top(module: ModuleStats, scores, k: int) -> tuple[list, torch.Tensor]:
+def keep_top(module: ModuleStats, scores, k: int) -> Selection:
     """The ``k`` units of largest score, ``W_out`` restricted to them (no correction)."""
     scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     order = torch.argsort(scores, descending=True, stable=True)[:k]
-    return order.tolist(), restricted_w_out(module, order)
+    return Selection(order.tolist(), restricted_w_out(module, order))
 
 
 def restricted_w_out(module: ModuleStats, units) -> torch.Tensor:

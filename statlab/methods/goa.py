@@ -104,7 +104,7 @@ import torch
 from statlab.fast.id import interpolation_coefficients, solve_psd
 from statlab.inputs import model_inputs
 
-from .base import ModuleStats, PruningMethod, unit_columns
+from .base import ModuleStats, PruningMethod, Selection, unit_columns
 
 ACTIVATION_FACTOR = 0.5  # seed 003 §3.2.3: ½ for ReLU; GELU and SiLU are treated as ReLU
 
@@ -520,5 +520,5 @@ class Goa(PruningMethod):
         kept = sorted(order[n - k:])
         cols = unit_columns(kept, u).to(device)
         if not self.recovery:
-            return kept, W[:, cols]
-        return kept, refit_output_map(W, G, cols, error, ridge=module.ridge)
+            return Selection(kept, W[:, cols])
+        return Selection(kept, refit_output_map(W, G, cols, error, ridge=module.ridge))

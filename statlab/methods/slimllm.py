@@ -52,21 +52,16 @@ Choices, and deviations forced by the protocol:
 - **Recovery** (Eq. 9–10): per output dimension ``j`` a least-squares fit
   ``y_j ≈ a_j x_j + b_j`` over the calibration tokens, ``x = Z_K W_Kᵀ`` the
   pruned output and ``y = Z Wᵀ`` the unpruned output *on the same (propagated)
-  input* (code), both without the existing bias; the new output map is
-  ``diag(a) W_K`` and its bias would become ``b_O + b``. **The driver keeps
-  the output map's bias as it is, so ``b`` cannot be applied.** By default
-  (``intercept=False``) the fit is therefore made with ``b_j = 0``:
-  ``a_j = E[x_j y_j] / E[x_j²]``, the least-squares optimum of what the
-  driver can deploy (fitting ``b`` and then dropping it fits nothing: the
-  output mean is off by ``b``). ``intercept=True`` uses the paper's slope
-  ``a_j = cov(x_j, y_j) / var(x_j)`` and keeps ``b_j = ȳ_j − a_j x̄_j`` in
-  :attr:`SlimLLM.intercepts` (``{(layer, kind): Tensor (out,)}``) for a driver
-  that can add it. What is left out is that bias: on MiniLM at 50% MACs
-  (STS-B dev "tune" half, 256 MRPC calibration sentences, 2-core CPU), adding
-  ``b`` to the bias in place during the pass (a measurement hack, not
-  recorded in plans) raised Spearman from 0.810 (slope only; 0.809 with
-  ``intercept=False``) to 0.821. The paper reports
-  ``a ≈ 1`` and ``b ≈ 0`` on LLaMA (§4.3, Fig. 2), where the two fits agree.
+  input* (code), both without the existing bias ``b_O``:
+  ``a_j = cov(x_j, y_j) / var(x_j)``, ``b_j = ȳ_j − a_j x̄_j``. The new output
+  map is ``diag(a) W_K`` and its bias ``b_O + b`` (:class:`~statlab.methods.Selection`'s
+  ``b_out``; a map without bias, e.g. Llama's ``o_proj`` / ``down_proj``, gets
+  ``b`` as its new bias, and the plan stores it). This is the default
+  (``intercept=True``, the paper's Eq. 9). ``intercept=False`` fits
+  ``y_j ≈ a_j x_j`` (``a_j = E[x_j y_j] / E[x_j²]``) and keeps the bias as it
+  is: the behaviour before the driver could apply a bias, kept for comparison.
+  The paper reports ``a ≈ 1`` and ``b ≈ 0`` on LLaMA (§4.3, Fig. 2), where the
+  two fits nearly agree.
 - **Layer ratios** (Eq. 11, code): ``s_l`` = mean over non-padded tokens of
   ``cos(h_l, h_{l+1})`` on the dense model; the ``skip`` layers of lowest
   ``s_l`` are not pruned; the others get ratio ``r_l ∝ P · softmax(α s)_l``
@@ -101,7 +96,7 @@ import torch
 
 from statlab.inputs import model_inputs
 
-from .base import PruningMethod, SizeChoice, unit_columns
+from .base import PruningMethod, Selection, SizeChoice, unit_columns
 from .goa import token_mask
 
 # --------------------------------------------------------------------------- attention: Pearson similarity
@@ -361,8 +356,9 @@ class SlimLLM(PruningMethod):
     greedy : bool
         Run the head swap search (Alg. 1).
     intercept : bool
-        Regression with intercept (the paper's Eq. 9; the intercept itself
-        cannot be applied, see the module docstring) or, by default, without.
+        Regression with intercept, added to the output map's bias (default:
+        the paper's Eq. 9–10), or without (``y_j ≈ a_j x_j``, bias unchanged;
+        the behaviour before plans could store a bias).
     """
 
     name = "slimllm"
@@ -372,16 +368,16 @@ class SlimLLM(PruningMethod):
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0, alpha: float | None = None,
                  skip_layers: int | None = None, protect: float = 0.01, greedy: bool = True,
-                 intercept: bool = False):
+                 intercept: bool = True):
         super().__init__(seed=seed, ridge=ridge)
         self.alpha, self.skip_layers, self.protect = alpha, skip_layers, protect
-        self.greedy, self.intercept = greedy, intercept
+        self.greedy, self.intercept = bool(greedy), bool(intercept)
         self.similarity = None
-        self.intercepts = {}
+        if not self.intercept:
+            self.label = "slimllm (no intercept)"
 
     def prepare(self, model, adapter, blocks, calibration):
         self.similarity = layer_similarity(model, adapter, calibration)
-        self.intercepts = {}
 
     def sizes(self, modules, costs, fraction, adapter):
         L = len(costs) // 2
@@ -418,5 +414,8 @@ class SlimLLM(PruningMethod):
         cols = unit_columns(kept, u).to(device)
         a, b = output_regression(W, G, module.mean, module.rows, cols, intercept=self.intercept,
                                  ridge=module.ridge)
-        self.intercepts[(module.layer, module.kind)] = b.cpu()
-        return kept, a[:, None] * W[:, cols]
+        w_out = a[:, None] * W[:, cols]  # Eq. 10: diag(a) W_K
+        if not self.intercept:
+            return Selection(kept, w_out)
+        old = torch.zeros_like(b) if module.b_out is None else module.b_out.detach().to(b)
+        return Selection(kept, w_out, b_out=old + b)

@@ -14,7 +14,7 @@ import numpy as np
 
 from statlab.reference import budget as budget_lib
 
-from .base import ModuleStats, PruningMethod, SizeChoice, restricted_w_out, unit_energies
+from .base import ModuleStats, PruningMethod, Selection, SizeChoice, restricted_w_out, unit_energies
 
 
 def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
@@ -83,4 +83,4 @@ class Stat(PruningMethod):
 
     def select(self, module, k):
         kept, weight, _ = prune_module(module, k)
-        return kept, weight if self.correction else restricted_w_out(module, kept)
+        return Selection(kept, weight if self.correction else restricted_w_out(module, kept))
