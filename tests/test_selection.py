@@ -11,7 +11,8 @@ import torch
 import statlab
 from statlab.driver import SelectionError
 from statlab.inputs import NonFiniteWeightError
-from statlab.methods import Magnitude, ModuleStats, Selection, SlimLLM
+from statlab.methods import Goa, Magnitude, ModuleStats, Selection, SlimLLM
+from statlab.methods import goa as goa_lib
 from statlab.models import get_adapter
 from statlab.plan import PlanError, PruningPlan
 
@@ -75,14 +76,19 @@ def test_output_bias_is_applied_saved_and_restored(family, tmp_path):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_input_rows_are_applied_saved_and_restored(family, tmp_path):
     dense, model, reloaded, plan, loaded = _round_trip(family, _Extra(rows=True), tmp_path)
-    for b in get_adapter(dense).blocks(dense):
+    _assert_input_rows_applied(plan, get_adapter(dense).blocks(dense), model, reloaded)
+    assert not any(n.endswith(".bias") for n in plan.tensors)
+
+
+def _assert_input_rows_applied(plan, blocks, *models):
+    """Every input map of every module holds the plan's rows in each of ``models``, and the plan no more maps."""
+    for b in blocks:
         for part, paths in (("attn", b.attn_in), ("mlp", b.mlp_in)):
             for j, path in enumerate(paths):
                 name = f"layer.{b.index}.{part}_in.{j}.weight"
-                for m in (model, reloaded):
+                for m in models:
                     assert torch.equal(m.get_submodule(path).weight.detach(), plan.tensors[name])
             assert f"layer.{b.index}.{part}_in.{len(paths)}.weight" not in plan.tensors
-    assert not any(n.endswith(".bias") for n in plan.tensors)
 
 
 def test_methods_setting_neither_store_only_the_output_maps():
@@ -204,3 +210,50 @@ def test_slimllm_with_intercept_has_the_lower_held_out_error(family, tmp_path):
         assert errors[True] < 1.05 * errors[False]
     else:
         assert errors[True] < errors[False]
+
+
+# --------------------------------------------------------------------------- GOA's level-1 re-fit
+
+
+def test_goa_level_one_refit_is_the_least_squares_fit():
+    """``W̄ = W + ((x'ᵀx')⁻¹ x'ᵀ(x − x') Wᵀ)ᵀ`` against ``argmin ‖x' W̄ᵀ − x Wᵀ‖`` solved by NumPy."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 7))
+    xp = x + 0.2 * rng.standard_normal(x.shape)  # the input through the pruned layers below
+    W = rng.standard_normal((4, 7))
+    S, E = torch.from_numpy(xp.T @ xp), torch.from_numpy(xp.T @ (x - xp))
+    W_bar = goa_lib.refit_output_map(torch.from_numpy(W), S, torch.arange(7), E)
+    expected = np.linalg.lstsq(xp, x @ W.T, rcond=None)[0].T
+    np.testing.assert_allclose(W_bar.numpy(), expected, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_goa_refit_inputs_is_applied_and_round_trips(family, tmp_path):
+    dense, model, reloaded, plan, _ = _round_trip(family, Goa(refit_inputs=True), tmp_path)
+    blocks = get_adapter(dense).blocks(dense)
+    _assert_input_rows_applied(plan, blocks, model, reloaded)
+    # layer 0's attention sees the dense input (x' = x): its kept rows are the dense ones
+    kept = torch.as_tensor(plan.layers[0]["attn_kept"])
+    for j, path in enumerate(blocks[0].attn_in):
+        W = dense.get_submodule(path).weight.detach()
+        per = W.shape[0] // blocks[0].units
+        rows = (kept[:, None] * per + torch.arange(per)).reshape(-1)
+        torch.testing.assert_close(plan.tensors[f"layer.0.attn_in.{j}.weight"], W[rows], rtol=1e-6, atol=1e-7)
+    # above it the input has moved, and the rows follow it
+    kept = torch.as_tensor(plan.layers[1]["mlp_kept"])
+    assert not torch.allclose(plan.tensors["layer.1.mlp_in.0.weight"],
+                              dense.get_submodule(blocks[1].mlp_in[0]).weight.detach()[kept])
+    assert plan.meta["method"] == "goa (level-1 re-fit)"
+    held_out = FAMILIES[family][1](1, seed=99)[0]
+    without = copy.deepcopy(dense)
+    statlab.prune(without, FAMILIES[family][1](4), mac_fraction=0.5, method="goa", base="tiny")
+    refit_error = rel_error(outputs(model, held_out), outputs(dense, held_out))
+    assert refit_error <= 1.01 * rel_error(outputs(without, held_out), outputs(dense, held_out))
+
+
+def test_goa_refit_inputs_needs_the_recovery():
+    with pytest.raises(ValueError, match="needs recovery=True"):
+        Goa(refit_inputs=True, recovery=False)
+    plan = statlab.prune(tiny_bert(), batches(4), mac_fraction=0.5, method=Goa(refit_inputs=True), propagate=False,
+                         base="tiny")
+    assert not any("_in." in n for n in plan.tensors)  # one pass: x' = x, nothing to re-fit

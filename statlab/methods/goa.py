@@ -54,9 +54,14 @@ deviation:
   0.16 and 0.19); ``tau=None`` turns the grouping off. MLPs have no grouping.
 - **Recovery** (Alg. 2–4): Alg. 2 re-fits level 1 (``W̄1 = (X̂ᵀX̂)⁻¹X̂ᵀY1``)
   and then level 2 (``W̄2 = (X̂2ᵀX̂2)⁻¹X̂2ᵀY2``) against the *dense* outputs
-  ``Y1, Y2``. The protocol lets a method return only the new output map
-  (the driver slices the rows of level 1), so **the level-1 re-fit is left
-  out**; the level-2 re-fit is done exactly:
+  ``Y1, Y2``. **Level 1** is re-fitted with ``refit_inputs=True`` (off by
+  default): every input map on the cross moment ``x'ᵀ(x − x')`` of the pruned
+  and dense module inputs from the paired passes (the driver captures only
+  ``x'ᵀx'``), then the pruned stream runs again through the re-fitted maps so
+  that level 2 is fitted on its new input (:meth:`Goa._refit_level_one`); the
+  re-fitted rows of the kept units go back as the Selection's ``w_in_rows``
+  and the plan stores them. The biases of level 1 are kept (Alg. 2 fits
+  weights only). The level-2 re-fit is done exactly:
   ``W̄2ᵀ = (Z'_Kᵀ Z'_K + λ)⁻¹ Z'_Kᵀ Z W2ᵀ`` with ``Z'`` the input of the output
   map computed through the already pruned modules (the driver's propagated
   statistics) and ``Z`` the same activation in the dense model. The driver
@@ -95,6 +100,7 @@ deviation:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -323,12 +329,17 @@ class PairedStreams:
                 self.at += 1
                 self.dense_layer = copy.deepcopy(self.layers[self.at])
 
-    def moments(self, index: int, part: str, *, propagated: bool):
+    def moments(self, index: int, part: str, *, propagated: bool, refit: bool = False, weights=None):
         """Statistics of module ``(index, part)`` from the paired streams.
 
-        ``propagated``: ``error = Z'ᵀ (Z − Z')`` (n, n) for the recovery.
-        Otherwise the dense module's statistics for the one-pass variant:
-        ``gram = ZᵀZ``, ``inputs = xᵀx`` (module input), ``inputs_mean``, ``rows``.
+        ``propagated``: ``error = Z'ᵀ (Z − Z')`` (n, n) for the recovery, and
+        with ``refit`` (the level-1 re-fit) also the pruned module's
+        ``gram = Z'ᵀZ'``, its input's ``inputs = x'ᵀx'`` (d, d) and
+        ``input_error = x'ᵀ (x − x')`` (d, d).
+        ``weights`` (``{path: W}``, the module's input maps) replace those
+        maps' weights in the pruned layer for this pass only. Otherwise the
+        dense module's statistics for the one-pass variant: ``gram = ZᵀZ``,
+        ``inputs = xᵀx`` (module input), ``inputs_mean``, ``rows``.
         All fp64 on the model's device.
         """
         block = self.blocks[index]
@@ -343,9 +354,16 @@ class PairedStreams:
                 _, dense = self._call(self.dense_layer, self.dense[b], b, record=(in_path, out_path), stop=out_path)
                 Z = _masked(dense[out_path], mask).to(f64)
                 if propagated:
-                    _, pruned = self._call(self.layers[index], self.pruned[b], b, record=(out_path,), stop=out_path)
+                    with _weights_swapped(self.model, weights or {}):
+                        _, pruned = self._call(self.layers[index], self.pruned[b], b, record=(in_path, out_path),
+                                               stop=out_path)
                     Zp = _masked(pruned[out_path], mask).to(f64)
                     _add(acc, "error", Zp.T @ (Z - Zp))
+                    if refit:
+                        x, xp = _masked(dense[in_path], mask).to(f64), _masked(pruned[in_path], mask).to(f64)
+                        _add(acc, "gram", Zp.T @ Zp)
+                        _add(acc, "inputs", xp.T @ xp)
+                        _add(acc, "input_error", xp.T @ (x - xp))
                 else:
                     x = _masked(dense[in_path], mask).to(f64)
                     _add(acc, "gram", Z.T @ Z)
@@ -357,6 +375,21 @@ class PairedStreams:
             if key in acc:
                 acc[key] = acc[key] / max(acc["rows"], 1)
         return acc
+
+
+@contextlib.contextmanager
+def _weights_swapped(model, weights: dict):
+    """The linear maps at the paths of ``weights`` compute with those weights (same shapes) inside the block."""
+    saved = {}
+    try:
+        for path, W in weights.items():
+            linear = model.get_submodule(path)
+            saved[path] = linear.weight.data
+            linear.weight.data = W.to(saved[path])
+        yield
+    finally:
+        for path, data in saved.items():
+            model.get_submodule(path).weight.data = data
 
 
 class _Caught(Exception):
@@ -446,6 +479,11 @@ class Goa(PruningMethod):
     recovery : bool
         Least-squares re-fit of the output map against the dense outputs (the
         paper's "remedy"); False keeps the kept columns as they are.
+    refit_inputs : bool
+        Also re-fit level 1 (``W_Q, W_K, W_V`` / ``W1`` or ``gate, up``) against
+        the dense module's level-1 outputs before level 2 (Alg. 2–4 in full;
+        needs ``recovery`` and propagation). Off by default: it costs a second
+        paired pass per module.
     """
 
     name = "goa"
@@ -453,11 +491,16 @@ class Goa(PruningMethod):
     needs_inputs = True
     propagates = True  # Alg. 2: modules pruned in sequence, each on the outputs of the pruned ones
 
-    def __init__(self, *, seed: int = 0, ridge: float = 0.0, tau: float | None = 0.2, recovery: bool = True):
+    def __init__(self, *, seed: int = 0, ridge: float = 0.0, tau: float | None = 0.2, recovery: bool = True,
+                 refit_inputs: bool = False):
         super().__init__(seed=seed, ridge=ridge)
+        if refit_inputs and not recovery:
+            raise ValueError("refit_inputs=True re-fits level 1 as part of the recovery: it needs recovery=True")
         self.tau = tau
-        self.recovery = recovery
+        self.recovery, self.refit_inputs = bool(recovery), bool(refit_inputs)
         self.candidates = {}
+        if self.refit_inputs:
+            self.label = "goa (level-1 re-fit)"
 
     def prepare(self, model, adapter, blocks, calibration):
         self.model, self.blocks = model, blocks
@@ -499,9 +542,34 @@ class Goa(PruningMethod):
             error = self.streams.moments(module.layer, module.kind, propagated=True)["error"].to(device)
         return G, S, mean, module.rows, error
 
+    def _refit_level_one(self, module: ModuleStats, device):
+        """Alg. 2–4, level 1: ``(W̄_in, G'', E'')`` — the input maps re-fitted on the pruned module's input.
+
+        ``W̄_j = argmin ‖x' W̄_jᵀ − x W_jᵀ‖`` for every input map (the same ``x'``
+        for all: Alg. 3 forms ``xtx`` once), i.e.
+        ``W̄_j = W_j + ((x'ᵀx' + λ)⁻¹ x'ᵀ(x − x') W_jᵀ)ᵀ`` with ``x`` the dense
+        module's input on the same tokens (:func:`refit_output_map` on all
+        ``d`` columns); the biases stay, so they cancel. Then the pruned stream
+        runs again with ``W̄`` in place: ``G'' = Z''ᵀZ''`` and
+        ``E'' = Z''ᵀ(Z − Z'')`` of the output map's new input ``Z''`` feed the
+        level-2 re-fit and the scores (Alg. 2's ``X̂2 ← post-process(Ŷ1)``).
+        """
+        block = self.blocks[module.layer]
+        paths = block.attn_in if module.kind == "attention" else block.mlp_in
+        first = self.streams.moments(module.layer, module.kind, propagated=True, refit=True)
+        S, E = first["inputs"].to(device), first["input_error"].to(device)
+        every = torch.arange(S.shape[0], device=device)
+        W_bar = tuple(refit_output_map(w.detach(), S, every, E, ridge=module.ridge) for w in module.W_in)
+        again = self.streams.moments(module.layer, module.kind, propagated=True, refit=True,
+                                     weights=dict(zip(paths, W_bar)))
+        return W_bar, again["gram"].to(device), again["error"].to(device)
+
     def select(self, module, k):
         G, S, x_mean, rows, error = self._statistics(module)
         device = G.device
+        W_in = tuple(w.detach().to(device) for w in module.W_in)
+        if self.refit_inputs and error is not None:  # the one-pass variant has x' = x: nothing to re-fit
+            W_in, G, error = self._refit_level_one(module, device)
         W = module.W_out.detach().to(device=device, dtype=torch.float64)
         u, n = module.unit_size, module.units
         all_cols = unit_columns(range(n), u).to(device)
@@ -513,7 +581,6 @@ class Goa(PruningMethod):
         else:
             block = self.blocks[module.layer]
             biases = tuple(_detached(self.model.get_submodule(p).bias, device) for p in block.mlp_in)
-            W_in = tuple(w.detach().to(device) for w in module.W_in)
             scores = mlp_importance(W_bar, W_in, S, rows, biases=biases, mean=x_mean)
             candidates = []
         order = removal_order(scores.cpu().numpy(), candidates)
@@ -521,4 +588,8 @@ class Goa(PruningMethod):
         cols = unit_columns(kept, u).to(device)
         if not self.recovery:
             return Selection(kept, W[:, cols])
-        return Selection(kept, refit_output_map(W, G, cols, error, ridge=module.ridge))
+        w_out = refit_output_map(W, G, cols, error, ridge=module.ridge)
+        if not (self.refit_inputs and error is not None):
+            return Selection(kept, w_out)
+        rows_of = [unit_columns(kept, w.shape[0] // n).to(device) for w in W_in]
+        return Selection(kept, w_out, w_in_rows=tuple(w[r] for w, r in zip(W_in, rows_of)))
