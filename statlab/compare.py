@@ -28,8 +28,10 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     model_name : str
         Short name, hub id or path (:func:`statlab.models.loading.load_model`).
     task : {"stsb", "sst2", "mrpc", "wikitext2"}
-    methods : list of str
-        Names in :data:`statlab.methods.METHODS`.
+    methods : list of str or PruningMethod
+        Names in :data:`statlab.methods.METHODS`, or configured instances
+        (e.g. ``Goa(refit_inputs=True)``); each is listed under its
+        ``label`` and, when a name, pruned with this call's ``seed``.
     budgets : list of float
         MAC fractions kept, in (0, 1].
     checkpoint : path, optional
@@ -48,12 +50,15 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     from statlab.calibration import calibration_batches, cost_seq_len
     from statlab.costs import block_macs
     from statlab.evaluate import check_task, count_parameters, task_metrics
-    from statlab.methods import METHODS
+    from statlab.methods import METHODS, PruningMethod
     from statlab.models.loading import load_model
 
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if not isinstance(m, PruningMethod) and m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    by_label = {(m.label if isinstance(m, PruningMethod) else m): m for m in methods}
+    if len(by_label) != len(methods):
+        raise ValueError(f"two methods share a label: {[getattr(m, 'label', m) for m in methods]}")
     bad = [b for b in budgets if not 0 < b <= 1]
     if bad:
         raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
@@ -81,19 +86,19 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         result = {**settings, "dense": measure(dense), "results": []}
         save(result, checkpoint)
     done = {(r["method"], r["budget"]) for r in result["results"]}
-    runs = [(m, b) for m in methods for b in budgets if (m, b) not in done]
+    runs = [(m, b) for m in by_label for b in budgets if (m, b) not in done]
     for method, budget in tqdm(runs, desc="compare", disable=None):
         model = copy.deepcopy(dense)
         start = time.perf_counter()
-        plan = statlab.prune(model, batches, mac_fraction=budget, method=method, seed=seed, seq_len=seq_len,
-                             base=model_name)
+        plan = statlab.prune(model, batches, mac_fraction=budget, method=by_label[method], seed=seed,
+                             seq_len=seq_len, base=model_name)
         seconds = time.perf_counter() - start
         row = {"method": method, "budget": budget, **measure(model), "prune_seconds": round(seconds, 2),
                "kept": plan.kept_fraction()}
         result["results"].append(row)
         save(result, checkpoint)
         del model
-    order = {run: i for i, run in enumerate((m, b) for m in methods for b in budgets)}
+    order = {run: i for i, run in enumerate((m, b) for m in by_label for b in budgets)}
     result["results"].sort(key=lambda r: order.get((r["method"], r["budget"]), len(order)))  # as requested
     return result
 
@@ -169,30 +174,25 @@ def table(result) -> str:
 
 
 def draw(result, ax):
-    """Draw a :func:`compare` result on ``ax``: the metric against the MAC budget, one line per method."""
+    """Draw a :func:`compare` result on ``ax``: the metric against the MAC budget, one line per method.
+
+    The headline metric of the task (log scale for perplexity) beside the dense
+    model's, by :func:`statlab.plots.draw_metric_vs_budget`.
+    """
+    from statlab.plots import draw_metric_vs_budget
+
     key, larger = HEADLINE[result["task"]]
-    ax.axhline(result["dense"]["metrics"][key], color="gray", ls="--", label="dense")
-    for method in dict.fromkeys(r["method"] for r in result["results"]):
-        rows = sorted((r for r in result["results"] if r["method"] == method), key=lambda r: r["budget"])
-        ax.plot([r["budget"] for r in rows], [r["metrics"][key] for r in rows], "o-", label=method)
-    if not larger:
-        ax.set_yscale("log")
-    ax.set_xlabel("fraction of block MACs kept")
-    ax.set_ylabel(f"{result['task']} {key}")
-    ax.set_title(f"{result['model']}: {result['calibration']['tokens']} calibration tokens", fontsize=9)
-    ax.legend(fontsize=8)
-    return ax
+    return draw_metric_vs_budget(
+        ax, result["results"], key, dense=result["dense"]["metrics"][key], log=not larger,
+        xlabel="fraction of block MACs kept", ylabel=f"{result['task']} {key}",
+        title=f"{result['model']}: {result['calibration']['tokens']} calibration tokens", legend_fontsize=8)
 
 
 def plot(result, path):
     """:func:`draw` into a new figure, saved atomically as PNG."""
-    import matplotlib
+    from statlab.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from statlab.plots import save_figure
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     draw(result, ax)
     save_figure(fig, path)

@@ -77,3 +77,32 @@ def test_cli_method_names_are_the_registered_methods():
     from statlab.methods import METHODS
 
     assert set(METHOD_NAMES) == set(METHODS)
+
+
+def test_configured_methods_are_compared_under_their_labels(monkeypatch):
+    """A PruningMethod instance runs as configured and is listed by its label (no model loading: patched)."""
+    import statlab
+    from statlab.methods import SlimLLM
+
+    from .test_prune import batches, tiny_bert
+
+    calls = []
+    real_prune = statlab.prune
+
+    def prune(model, calibration, **options):
+        calls.append(options["method"])
+        return real_prune(model, calibration, **options)
+
+    dense = tiny_bert()
+    monkeypatch.setattr("statlab.models.loading.load_model", lambda name, quiet=False: (dense, None))
+    monkeypatch.setattr("statlab.calibration.calibration_batches",
+                        lambda tokenizer, task, **kw: (batches(), {"examples": 6, "source": "x", "tokens": 1}))
+    monkeypatch.setattr("statlab.evaluate.task_metrics", lambda *a, **kw: {"spearman": 0.5})
+    monkeypatch.setattr("statlab.evaluate.check_task", lambda *a, **kw: None)
+    monkeypatch.setattr(statlab, "prune", prune, raising=False)
+    configured = SlimLLM(intercept=False)
+    result = compare.compare("tiny", "stsb", ["random", configured], [0.6], say=lambda *a: None)
+    assert [r["method"] for r in result["results"]] == ["random", "slimllm (no intercept)"]
+    assert calls[0] == "random" and calls[1] is configured
+    with pytest.raises(ValueError, match="share a label"):
+        compare.compare("tiny", "stsb", [SlimLLM(), "slimllm"], [0.6], say=lambda *a: None)
