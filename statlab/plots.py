@@ -76,19 +76,63 @@ def plot_plan(plan, path=None, *, title=None):
     return fig
 
 
-def plot_curve(results, metric, path=None, *, title="", xlabel="MAC fraction kept"):
-    """Metric vs budget, one line per method: ``results`` is a list of dicts with
-    ``method``, ``budget`` and ``metrics``."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+def draw_metric_vs_budget(ax, results, metric, *, dense=None, log=False, xlabel="MAC fraction kept",
+                          ylabel=None, title="", grid=False, legend_fontsize=None):
+    """Draw ``metric`` against the MAC budget on ``ax``, one ``o-`` line per method.
+
+    The one metric-vs-budget drawing: :func:`plot_curve` and
+    :func:`statlab.compare.draw` call it. The x-axis grows to the right (a
+    caller wanting heavier pruning to the right inverts it).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    results : list of dict
+        Each with ``method``, ``budget`` (MAC fraction kept) and ``metrics``;
+        lines follow the order in which methods first appear, points sorted by budget.
+    metric : str
+        Key of ``metrics`` to draw.
+    dense : float, optional
+        The dense model's value, drawn first as a gray dashed line labelled "dense".
+    log : bool
+        Logarithmic y-axis (perplexity).
+    xlabel, ylabel, title : str
+        ``ylabel`` defaults to ``metric``; the title is set in 9 pt.
+    grid : bool
+        A light grid (alpha 0.3).
+    legend_fontsize : float or str, optional
+        matplotlib's default when None.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        ``ax``.
+    """
+    if dense is not None:
+        ax.axhline(dense, color="gray", ls="--", label="dense")
     for method in dict.fromkeys(r["method"] for r in results):
         rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["budget"])
         ax.plot([r["budget"] for r in rows], [r["metrics"][metric] for r in rows], "o-", label=method)
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric if ylabel is None else ylabel)
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_fontsize)
+    return ax
+
+
+def plot_curve(results, metric, path=None, *, title="", xlabel="MAC fraction kept"):
+    """Metric vs budget, one line per method, in a new figure (:func:`draw_metric_vs_budget`, with a grid).
+
+    ``results`` is a list of dicts with ``method``, ``budget`` and ``metrics``;
+    ``path``, when given, receives a PNG (written atomically). Returns the figure.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    draw_metric_vs_budget(ax, results, metric, xlabel=xlabel, title=title, grid=True)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
