@@ -163,7 +163,49 @@ def uniform_sizes(costs, fraction):
     exact = [fraction * c.units for c in costs]
     sizes = [int(np.floor(x + 1e-9)) for x in exact]
     left = fraction * total_cost([c.units for c in costs], costs) - total_cost(sizes, costs)
-    for i in sorted(range(len(costs)), key=lambda i: sizes[i] - exact[i]):
+    return spend_leftover(sizes, exact, costs, left)
+
+
+def spend_leftover(sizes, exact, costs, left):
+    """Hand the budget that rounding left unspent back, one unit a module, most rounded-down first.
+
+    Rounding real sizes ``exact`` to integers ``sizes`` leaves ``left`` of the
+    budget unspent. Visit every module once, in increasing rounded-off
+    remainder ``sizes_i − exact_i`` (ties in module order), and give module
+    ``i`` one more unit when it has one (``sizes_i < units_i``) and the unit
+    still fits (``per_unit_i <= left + 1e-9``); each unit given takes
+    ``per_unit_i`` off ``left``. A module gains at most one unit, and since
+    ``left`` only falls, a module skipped once would never fit later: the pass
+    equals the greedy that repeatedly gives a unit to the most rounded-down
+    module, not yet given one, whose unit fits.
+
+    :func:`uniform_sizes` (floored sizes) and
+    :func:`statlab.methods.slimllm.sizes_for_shares` (rounded sizes) both end
+    with it.
+
+    Parameters
+    ----------
+    sizes : array_like of int, shape (modules,)
+        Rounded sizes, ``0 <= sizes_i <= units_i``.
+    exact : array_like of float, shape (modules,)
+        The real sizes they were rounded from.
+    costs : list of ModuleCost
+    left : float
+        Budget still unspent, ``target − total_cost(sizes, costs)``, as the
+        caller computed it (the 1e-9 slack is absolute, so how the total was
+        summed can matter).
+
+    Returns
+    -------
+    list of int, shape (modules,)
+        ``sizes`` with at most one unit added to each module; their cost is at
+        most ``total_cost(sizes, costs) + left`` (up to the slack).
+    """
+    sizes = [int(k) for k in sizes]
+    if not len(sizes) == len(exact) == len(costs):
+        raise ValueError(f"sizes, exact and costs must have one entry per module, "
+                         f"got {len(sizes)}, {len(exact)} and {len(costs)}")
+    for i in sorted(range(len(sizes)), key=lambda i: sizes[i] - exact[i]):
         if sizes[i] < costs[i].units and costs[i].per_unit <= left + 1e-9:
             sizes[i] += 1
             left -= costs[i].per_unit

@@ -64,6 +64,42 @@ def test_choose_sizes_rejects_bad_budgets(fraction):
         budget.choose_sizes([np.array([1.0, 0.0])], [budget.ModuleCost(1, 1.0)], [1.0], fraction)
 
 
+def greedy_leftover(sizes, exact, costs, left):
+    """The greedy spend_leftover describes, computed directly: rescan, give the fitting module of smallest remainder."""
+    sizes, given = list(sizes), set()
+    while True:
+        fits = [i for i in range(len(sizes)) if i not in given and sizes[i] < costs[i].units
+                and costs[i].per_unit <= left + 1e-9]
+        if not fits:
+            return sizes
+        i = min(fits, key=lambda i: (sizes[i] - exact[i], i))
+        sizes[i], left = sizes[i] + 1, left - costs[i].per_unit
+        given.add(i)
+
+
+def test_spend_leftover_is_the_direct_greedy_on_small_inputs():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        m = int(rng.integers(1, 6))
+        costs = [budget.ModuleCost(int(rng.integers(0, 6)), float(rng.integers(1, 5))) for _ in range(m)]
+        exact = [rng.uniform(0, c.units) for c in costs]
+        rounder = np.floor if rng.random() < 0.5 else np.round
+        sizes = [int(rounder(x)) for x in exact]
+        left = float(rng.integers(0, 12))
+        got = budget.spend_leftover(sizes, exact, costs, left)
+        assert got == greedy_leftover(sizes, exact, costs, left)
+        assert all(0 <= g - k <= 1 and g <= c.units for g, k, c in zip(got, sizes, costs))
+        assert budget.total_cost(got, costs) <= budget.total_cost(sizes, costs) + left + 1e-9
+
+
+def test_spend_leftover_gives_the_most_rounded_down_first():
+    costs = [budget.ModuleCost(4, 2.0), budget.ModuleCost(4, 2.0), budget.ModuleCost(4, 1.0)]
+    # remainders -0.2, -0.9, -0.5: module 1 first, then 2; module 0's unit no longer fits
+    assert budget.spend_leftover([2, 2, 2], [2.2, 2.9, 2.5], costs, 3.0) == [2, 3, 3]
+    with pytest.raises(ValueError, match="one entry per module"):
+        budget.spend_leftover([1, 2], [1.0], costs[:2], 1.0)
+
+
 def test_uniform_sizes_spend_the_budget():
     costs = [budget.ModuleCost(12, 7.0), budget.ModuleCost(1536, 0.1)] * 3
     sizes = budget.uniform_sizes(costs, 0.4)

@@ -95,6 +95,7 @@ import numpy as np
 import torch
 
 from statlab.inputs import model_inputs
+from statlab.reference import budget as budget_lib
 
 from .base import PruningMethod, Selection, SizeChoice, unit_columns
 from .goa import token_mask
@@ -297,7 +298,8 @@ def sizes_for_shares(module_shares, costs, fraction, *, iterations=100):
     """Sizes ``units · (1 − min(c · share, 1))``, rounded, with the smallest scale ``c`` meeting the budget.
 
     Then the unused budget goes, one unit at a time, to the modules with the
-    largest rounded-off remainders whose unit still fits. Returns
+    largest rounded-off remainders whose unit still fits
+    (:func:`statlab.reference.budget.spend_leftover`). Returns
     ``(sizes, c)``, or ``(None, None)`` when even ``c`` at which every module
     with a share is emptied does not meet the budget.
     """
@@ -331,12 +333,7 @@ def sizes_for_shares(module_shares, costs, fraction, *, iterations=100):
                 lo = mid
         c = hi
     exact, sizes = at(c)
-    left = target - cost(sizes)
-    for i in sorted(range(len(sizes)), key=lambda i: sizes[i] - exact[i]):
-        if sizes[i] < units[i] and per[i] <= left + 1e-9:
-            sizes[i] += 1
-            left -= per[i]
-    return [int(x) for x in sizes], float(c)
+    return budget_lib.spend_leftover(sizes, exact, costs, target - cost(sizes)), float(c)
 
 
 # --------------------------------------------------------------------------- the method
