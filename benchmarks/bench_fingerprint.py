@@ -18,18 +18,16 @@ import time
 def measure(name: str, repeats: int) -> dict:
     import torch
 
-    from statlab.models import get_adapter
     from statlab.models.loading import load_model
     from statlab.plan import weights_fingerprint
 
     start = time.perf_counter()
     model, _ = load_model(name, quiet=True)
     load_seconds = time.perf_counter() - start
-    blocks = get_adapter(model).blocks(model)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        parts = weights_fingerprint(model, blocks)
+        parts = weights_fingerprint(model)
         seconds.append(time.perf_counter() - start)
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     median = statistics.median(seconds)

@@ -30,7 +30,7 @@ from .costs import module_costs
 from .fast.gram import accumulation_dtype
 from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters,
                      check_int, check_real, check_ridge, eval_mode)
-from .methods import METHODS, ModuleStats, PruningMethod, Selection, get_method
+from .methods import ModuleStats, PruningMethod, Selection, get_method
 from .models import get_adapter
 from .offload import BlocksOnDemand
 from .plan import PruningPlan, _tensor_name, apply_attention, apply_mlp, config_hash, weights_fingerprint
@@ -166,7 +166,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         "base": base or getattr(model, "name_or_path", None) or model.config._name_or_path,
         "model_type": model.config.model_type,
         "config_hash": config_hash(model),
-        "fingerprint": weights_fingerprint(model, blocks),
+        "fingerprint": weights_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "budget": budget, "method": method, "backend": backend, "seed": seed,
         "propagate": propagate, "ridge": ridge, "seq_len": seq_len, "precision": precision,

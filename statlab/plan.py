@@ -56,7 +56,7 @@ def config_hash(model) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def weights_fingerprint(model, blocks=None) -> dict:
+def weights_fingerprint(model) -> dict:
     """SHA-256 of every tensor of the model, one digest per part: ``{"layer 3": ..., "embeddings.word_embeddings": ...}``.
 
     A block's parameters and buffers form the part ``layer i``; every other
@@ -258,7 +258,7 @@ class PruningPlan:
                 if record is None or hashlib.sha256(blob).hexdigest() == record.get("sha256"):
                     break
             else:
-                if attempt + 1 < attempts:
+                if record and attempt + 1 < attempts:  # only a format-2 save can be mid-swap
                     time.sleep(0.01)
                     continue
                 if not (directory / WEIGHTS_FILE).is_file():
@@ -303,7 +303,7 @@ class PruningPlan:
                 tensor = self.tensors[name]
                 if tensor.ndim != 2 or not tensor.is_floating_point():
                     raise PlanError(f"{name} must be a 2-D float tensor, got {tensor.dtype} of shape {tuple(tensor.shape)}")
-                if tensor.shape[1] % max(len(kept), 1) and kept:
+                if kept and tensor.shape[1] % len(kept):
                     raise PlanError(f"{name} has {tensor.shape[1]} input columns, not a multiple of the "
                                     f"{len(kept)} kept units")
                 if part == "mlp" and tensor.shape[1] != len(kept):
@@ -332,7 +332,7 @@ class PruningPlan:
             raise PlanMismatchError(
                 f"the plan was made on {self.meta['dtype']} weights and the model is {dtype}: load the base model "
                 f"as {self.meta['dtype']} to apply the plan (load_pruned(dir, dtype=...) converts afterwards)")
-        actual = weights_fingerprint(model, blocks)
+        actual = weights_fingerprint(model)
         differ = sorted(set(recorded) ^ set(actual)) + sorted(p for p in set(recorded) & set(actual)
                                                              if recorded[p] != actual[p])
         if differ:
