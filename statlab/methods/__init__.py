@@ -1,8 +1,9 @@
 """Pruning methods behind one driver (DESIGN §1.5): a comparison changes one word.
 
-``stat`` (the method of this project), and the baselines ``activation``,
-``magnitude`` and ``random``. See :class:`~statlab.methods.base.PruningMethod`
-for what a method provides.
+``stat`` (the method of this project), the peers ``goa``, ``slimllm`` and
+``kwon`` (Kwon et al. 2022: Fisher mask search, rearrangement, LSMR mask
+tuning), and the baselines ``activation``, ``magnitude`` and ``random``. See
+:class:`~statlab.methods.base.PruningMethod` for what a method provides.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from .base import ModuleStats, PruningMethod, Selection, SizeChoice, keep_top, unit_columns, unit_energies
 from .baselines import Activation, Magnitude, Random
 from .goa import Goa
+from .kwon import Kwon
 from .slimllm import SlimLLM
 from .stat import Stat
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Stat, Goa, SlimLLM, Activation, Magnitude, Random)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Stat, Goa, SlimLLM, Kwon, Activation, Magnitude, Random)}
 
 
 def get_method(name: str, **options) -> PruningMethod:
@@ -24,4 +26,4 @@ def get_method(name: str, **options) -> PruningMethod:
 
 
 __all__ = ["METHODS", "get_method", "PruningMethod", "ModuleStats", "Selection", "SizeChoice", "keep_top", "unit_columns",
-           "unit_energies", "Stat", "Goa", "SlimLLM", "Activation", "Magnitude", "Random"]
+           "unit_energies", "Stat", "Goa", "SlimLLM", "Kwon", "Activation", "Magnitude", "Random"]
