@@ -27,7 +27,7 @@ from statlab.calibration import (
 )
 
 # the names in statlab.methods.METHODS, spelled out so that `--help` need not import torch
-METHOD_NAMES = ("stat", "goa", "slimllm", "activation", "magnitude", "random")
+METHOD_NAMES = ("stat", "goa", "slimllm", "kwon", "flap", "activation", "magnitude", "random")
 
 
 def _report(args):
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True)
     c.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
     c.add_argument("--methods", type=_methods, default=list(METHOD_NAMES),
-                   help="comma-separated names (stat, goa, slimllm, activation, magnitude, random)")
+                   help="comma-separated names (stat, goa, slimllm, kwon, flap, activation, magnitude, random)")
     c.add_argument("--budgets", type=_budgets, default=[0.8, 0.6, 0.5],
                    help="comma-separated MAC fractions kept, each in (0, 1]")
     c.add_argument("--calibration-size", type=_count, help="sentences (encoders) or windows (wikitext2)")

@@ -2,7 +2,8 @@
 
 ``stat`` (the method of this project), the peers ``goa``, ``slimllm`` and
 ``kwon`` (Kwon et al. 2022: Fisher mask search, rearrangement, LSMR mask
-tuning), and the baselines ``activation``, ``magnitude`` and ``random``. See
+tuning) and ``flap`` (An et al. 2024: fluctuation metric, one global threshold,
+bias compensation), and the baselines ``activation``, ``magnitude`` and ``random``. See
 :class:`~statlab.methods.base.PruningMethod` for what a method provides.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 from .base import ModuleStats, PruningMethod, Selection, SizeChoice, keep_top, unit_columns, unit_energies
 from .baselines import Activation, Magnitude, Random
+from .flap import Flap
 from .goa import Goa
 from .kwon import Kwon
 from .slimllm import SlimLLM
 from .stat import Stat
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Stat, Goa, SlimLLM, Kwon, Activation, Magnitude, Random)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (Stat, Goa, SlimLLM, Kwon, Flap, Activation, Magnitude, Random)}
 
 
 def get_method(name: str, **options) -> PruningMethod:
@@ -26,4 +28,4 @@ def get_method(name: str, **options) -> PruningMethod:
 
 
 __all__ = ["METHODS", "get_method", "PruningMethod", "ModuleStats", "Selection", "SizeChoice", "keep_top", "unit_columns",
-           "unit_energies", "Stat", "Goa", "SlimLLM", "Kwon", "Activation", "Magnitude", "Random"]
+           "unit_energies", "Stat", "Goa", "SlimLLM", "Kwon", "Flap", "Activation", "Magnitude", "Random"]
