@@ -79,6 +79,7 @@ class LayerReplay:
     """
 
     def __init__(self, model, layers_path):
+        self.model, self.layers_path = model, layers_path
         self.layers = model.get_submodule(layers_path)
         self.outputs = None  # list over batches of the outputs of block `depth`
         self.depth = -1  # the block whose outputs are cached (-1: none)
@@ -99,6 +100,27 @@ class LayerReplay:
         for i, layer in enumerate(self._saved):
             self.layers[i] = layer
         self._saved = []
+
+    def capture(self, batches, block, targets, **options) -> dict:
+        """:func:`capture` of ``targets`` inside ``block``, computed through the pruned blocks below it.
+
+        Blocks up to ``depth`` replay their cached outputs; the ones above run.
+        When the block just below was pruned since, its outputs are cached on
+        the way, so each pruned block runs once more, not once per block above.
+        ``options`` go to :func:`capture` (``backend``, ``precision``, ``desc``).
+        """
+        below = block.index - 1
+        record = below > self.depth
+        model = self.model
+        self.install(self.depth + 1)
+        try:
+            got = capture(model, batches, targets, replay=self,
+                          outputs_of=f"{self.layers_path}.{below}" if record else None, **options)
+        finally:
+            self.restore()
+        if record:
+            self.outputs, self.depth = got.pop("outputs"), below
+        return got
 
 
 class _Replay(torch.nn.Module):

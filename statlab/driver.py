@@ -33,7 +33,8 @@ from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, 
 from .methods import ModuleStats, PruningMethod, Selection, get_method
 from .models import get_adapter
 from .offload import BlocksOnDemand
-from .plan import PruningPlan, _tensor_name, apply_attention, apply_mlp, config_hash, weights_fingerprint
+from .plan import PruningPlan, apply_selection, config_hash, selection_tensors, weights_fingerprint
+from .records import KINDS, LayerRecord, ModuleKey, PruneConfig, module_keys
 
 
 def _check_budget(mac_fraction, sparsity):
@@ -156,112 +157,123 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         raise ValueError(f"the model is on {next(model.parameters()).device}, not {device}: move it there "
                          "or pass offload=True to run its blocks on the device one at a time")
     pruner = method if isinstance(method, PruningMethod) else get_method(method, seed=seed, ridge=ridge)
-    method, seed, ridge = pruner.label, pruner.seed, pruner.ridge
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     check_finite_parameters(model, blocks, adapter.layers_path(model))
     tokens, calib_len, calib_hash = _check_calibration(calibration, blocks, model)
-    seq_len = seq_len or calib_len
+    config = PruneConfig(budget=budget, method=pruner.label, backend=backend, seed=pruner.seed, propagate=propagate,
+                         ridge=pruner.ridge, seq_len=seq_len or calib_len, precision=precision)
     meta = {
         "base": base or getattr(model, "name_or_path", None) or model.config._name_or_path,
         "model_type": model.config.model_type,
         "config_hash": config_hash(model),
         "fingerprint": weights_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "budget": budget, "method": method, "backend": backend, "seed": seed,
-        "propagate": propagate, "ridge": ridge, "seq_len": seq_len, "precision": precision,
+        **config.record(),
         "calibration": {"hash": calib_hash, "batches": len(calibration), "tokens": tokens},
     }
-    kind = "macs" if "mac_fraction" in budget else "params"
-    flat_costs = [c for pair in module_costs(model, adapter, blocks, kind, seq_len) for c in pair]
+    keys = module_keys(blocks)
+    costs = dict(zip(keys, (c for pair in module_costs(model, adapter, blocks, config.cost_kind, config.seq_len)
+                            for c in pair)))
     on_demand = BlocksOnDemand(model, adapter.layers_path(model), device) if offload else contextlib.nullcontext()
     with eval_mode(model), on_demand:
-        clock = _PhaseClock(model)
-        propagate = propagate and pruner.propagates
-
-        with clock("prepare"):
+        run = _Run(model, adapter, blocks, calibration, pruner, config, _PhaseClock(model))
+        with run.clock("prepare"):
             pruner.prepare(model, adapter, blocks, calibration)
-        dense = None
-        if pruner.captures:
-            with clock("dense pass"):
-                # With propagation the dense pass only draws the sizes: fp32 Grams
-                # (floor ~3e-4 relative) are ample for that and cost less than fp64.
-                dense = capture(model, calibration, _targets(blocks, pruner), backend=backend, desc="dense pass",
-                                precision="fp32" if propagate and precision == "fp64" else precision)
-        with clock("sizes"):
-            modules = [_module(model, b, part, dense, backend, ridge) for b in blocks for part in ("attention", "mlp")]
-            choice = pruner.sizes(modules, flat_costs, fraction, adapter)
-        sizes, curves = choice.sizes, choice.curves
-        meta.update(choice.info)
-        del modules
-        if propagate:
-            dense = None  # the propagated pass captures its own; free the dense Grams first
-
-        layers, tensors = [], {}
-        dtype = next(model.parameters()).dtype
-        layers_path = adapter.layers_path(model)
-        replay = LayerReplay(model, layers_path) if propagate else None
-
-        def propagated(block, part):
-            """Stats of ``part``'s input, computed through the pruned blocks below ``block``.
-
-            Blocks up to ``replay.depth`` replay their cached outputs; the ones above
-            run. When the block just below was pruned since, its outputs are cached
-            on the way, so each pruned block runs once more, not once per block above.
-            """
-            below = block.index - 1
-            record = below > replay.depth
-            replay.install(replay.depth + 1)
+        modules = run.dense_modules(keys)
+        with run.clock("sizes"):
+            choice = pruner.sizes(modules, costs, config.fraction, adapter)
             try:
-                got = capture(model, calibration, _targets([block], pruner, part), backend=backend, replay=replay,
-                              precision=precision, desc=f"layer {block.index} {part}",
-                              outputs_of=f"{layers_path}.{below}" if record else None)
-            finally:
-                replay.restore()
-            if record:
-                replay.outputs, replay.depth = got.pop("outputs"), below
-            return got
-
-        for b in tqdm(blocks, desc=f"prune ({method})", leave=False, disable=None):
-            kept = {}
-            for part, k in (("attention", sizes[2 * b.index]), ("mlp", sizes[2 * b.index + 1])):
-                with clock("capture"):
-                    stats = propagated(b, part) if propagate else dense
-                with clock("selection"):
-                    module = _module(model, b, part, stats, backend, ridge)
-                    selection = _checked_selection(pruner.select(module, k), module, k, method)
-                    selection = _finite_output_map(selection, dtype, b, part)
-                units, weight, bias, rows = selection.units, selection.w_out, selection.b_out, selection.w_in_rows
-                del module
-                with clock("rewrite"):
-                    if part == "attention":
-                        apply_attention(model, adapter, b, units, weight, bias, rows)
-                    else:
-                        apply_mlp(model, b, units, weight, bias, rows)
-                kept[part] = units
-                tensors[_tensor_name(b.index, part)] = weight.cpu()
-                if bias is not None:
-                    tensors[_tensor_name(b.index, part, bias=True)] = bias.cpu()
-                for j, w in enumerate(rows or ()):
-                    tensors[_tensor_name(b.index, part, input=j)] = w.cpu()
-            layers.append({
-                "index": b.index, "attn_units": b.units, "attn_kept": kept["attention"],
-                "mlp_units": flat_costs[2 * b.index + 1].units,
-                "mlp_kept": kept["mlp"],
-                "attn_residuals": None if curves is None else [float(x) for x in curves[2 * b.index]],
-                "mlp_residuals": None if curves is None else [float(x) for x in curves[2 * b.index + 1]],
-            })
-
-    kept_cost = budget_lib.total_cost(sizes, flat_costs)
-    dense_cost = budget_lib.total_cost([c.units for c in flat_costs], flat_costs)
+                choice = choice.keyed(keys)
+            except ValueError as e:
+                raise SelectionError(f"method {config.method!r}: {e}") from None
+        meta.update(choice.info)
+        records, tensors = run.prune_blocks(choice, modules if not run.propagate else None, costs)
+    sizes = [choice.sizes[k] for k in keys]
+    cost_list = [costs[k] for k in keys]
     meta.update({
-        "kept_cost": kept_cost, "dense_cost": dense_cost, "cost_kind": kind,
-        "prune_seconds": clock.total(), "phase_seconds": clock.seconds,
+        "kept_cost": budget_lib.total_cost(sizes, cost_list),
+        "dense_cost": budget_lib.total_cost([c.units for c in cost_list], cost_list),
+        "cost_kind": config.cost_kind,
+        "prune_seconds": run.clock.total(), "phase_seconds": run.clock.seconds,
         "versions": _versions(),
     })
     if offload:
         meta["offload"] = {"device": str(device), "transfers": len(on_demand.moves)}
-    return PruningPlan(meta, layers, tensors)
+    return PruningPlan(meta, [r.as_json() for r in records], tensors)
+
+
+class _Run:
+    """One prune's data flow: dense pass → sizes → per block: statistics, selection, surgery, record.
+
+    The selections are fitted on propagated statistics (:class:`~statlab.capture.LayerReplay`)
+    when the method propagates and the caller asked for it; otherwise on the
+    dense pass's, and then the very :class:`~statlab.methods.ModuleStats` the
+    sizes saw are handed to ``select`` (with their ``cache``).
+    """
+
+    def __init__(self, model, adapter, blocks, calibration, pruner, config, clock):
+        self.model, self.adapter, self.blocks, self.calibration = model, adapter, blocks, calibration
+        self.pruner, self.config, self.clock = pruner, config, clock
+        self.propagate = config.propagate and pruner.propagates and bool(pruner.needs)
+        self.dtype = next(model.parameters()).dtype
+
+    def dense_modules(self, keys) -> dict:
+        """``{key: ModuleStats}`` of the dense model; the statistics only where a step reads them."""
+        pruner, config = self.pruner, self.config
+        needs = set(pruner.needs) if not self.propagate else set()
+        if pruner.sizes_read_data:
+            needs |= set(pruner.needs) | {"activations"}
+        captured = None
+        if needs:
+            with self.clock("dense pass"):
+                # With propagation the dense pass only draws the sizes: fp32 Grams
+                # (floor ~3e-4 relative) are ample for that and cost less than fp64.
+                precision = "fp32" if self.propagate and config.precision == "fp64" else config.precision
+                captured = capture(self.model, self.calibration, _targets(self.blocks, needs),
+                                   backend=config.backend, desc="dense pass", precision=precision)
+        by_index = {b.index: b for b in self.blocks}
+        return {k: _module(self.model, by_index[k.layer], k.kind, captured, config.backend, config.ridge,
+                           propagated=False) for k in keys}
+
+    def prune_blocks(self, choice, modules, costs):
+        """Prune every block bottom-up at ``choice``'s sizes: ``(list of LayerRecord, plan tensors)``.
+
+        ``modules``: the dense pass's, reused for the selections (one-pass), or None (propagated).
+        """
+        replay = LayerReplay(self.model, self.adapter.layers_path(self.model)) if self.propagate else None
+        records, tensors = [], {}
+        for b in tqdm(self.blocks, desc=f"prune ({self.config.method})", leave=False, disable=None):
+            kept = {}
+            for kind in KINDS:
+                key = ModuleKey(b.index, kind)
+                with self.clock("capture"):
+                    if modules is None:
+                        captured = replay.capture(self.calibration, b, _targets([b], self.pruner.needs, kind),
+                                                  backend=self.config.backend, precision=self.config.precision,
+                                                  desc=str(key))
+                        module = _module(self.model, b, kind, captured, self.config.backend, self.config.ridge,
+                                         propagated=True)
+                    else:
+                        module = modules.pop(key)
+                with self.clock("selection"):
+                    selection = _checked_selection(self.pruner.select(module, choice.sizes[key]), module,
+                                                   choice.sizes[key], self.config.method)
+                    selection = _finite_output_map(selection, self.dtype, b, kind)
+                del module
+                with self.clock("rewrite"):
+                    apply_selection(self.model, self.adapter, b, kind, selection)
+                kept[kind] = tuple(selection.units)
+                tensors.update(selection_tensors(key, selection))
+            curves = choice.curves or {}
+
+            def curve(kind):
+                c = curves.get(ModuleKey(b.index, kind))
+                return None if c is None else tuple(float(x) for x in c)
+
+            records.append(LayerRecord(b.index, b.units, kept["attention"], costs[ModuleKey(b.index, "mlp")].units,
+                                       kept["mlp"], curve("attention"), curve("mlp")))
+        return records, tensors
 
 
 class SelectionError(ValueError):
@@ -329,32 +341,34 @@ def _finite_output_map(selection: Selection, dtype, block, part) -> Selection:
     return Selection(selection.units, cast[0], b_out, rows)
 
 
-def _targets(blocks, pruner, only=None):
-    """Capture targets ``{"layer i part": path}``: the output maps' inputs (and the modules' inputs)."""
+def _targets(blocks, needs, only=None):
+    """Capture targets ``{"layer i part": path}`` for ``needs``: the output maps' inputs, the modules' inputs."""
     targets = {}
     for b in blocks:
         for part, out_path, in_path in (("attention", b.attn_out, b.attn_in[0]), ("mlp", b.mlp_out, b.mlp_in[0])):
             if only in (None, part):
-                targets[f"layer {b.index} {part}"] = out_path
-                if pruner.needs_inputs:
+                if "activations" in needs:
+                    targets[f"layer {b.index} {part}"] = out_path
+                if "inputs" in needs:
                     targets[f"layer {b.index} {part} inputs"] = in_path
     return targets
 
 
-def _module(model, block, part, captured, backend, ridge) -> ModuleStats:
+def _module(model, block, part, captured, backend, ridge, *, propagated=False) -> ModuleStats:
     """What a method sees of ``block``'s attention or MLP, with the current weights.
 
     ``backend`` (a name or a :class:`~statlab.backends.Backend`) becomes the
     module's backend object, which turns the capture recorders into the data
-    its operations take.
+    its operations take; ``captured`` None (or without this module) leaves the
+    statistics None.
     """
     backend = get_backend(backend)
     attention = part == "attention"
     out_map = model.get_submodule(block.attn_out if attention else block.mlp_out)
     W_out = out_map.weight
     W_in = tuple(model.get_submodule(p).weight for p in (block.attn_in if attention else block.mlp_in))
-    label = f"layer {block.index} {part}"
-    recorder = None if captured is None else captured[label]
+    label = str(ModuleKey(block.index, part))
+    recorder = None if captured is None else captured.get(label)
     inputs = None if captured is None else captured.get(f"{label} inputs")
     return ModuleStats(
         kind=part, layer=block.index, units=block.units if attention else W_out.shape[1],
@@ -365,7 +379,7 @@ def _module(model, block, part, captured, backend, ridge) -> ModuleStats:
         inputs=None if inputs is None else backend.data(inputs),
         inputs_mean=None if inputs is None else inputs.mean,
         heads_per_unit=block.heads_per_unit if attention else 1, head_dim=block.head_dim if attention else 0,
-        ridge=ridge, b_out=out_map.bias,
+        ridge=ridge, b_out=out_map.bias, propagated=propagated,
     )
 
 

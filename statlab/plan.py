@@ -24,6 +24,7 @@ import torch
 
 from .files import TEMP_PREFIX, atomic_write, remove_stale_temporaries
 from .models import get_adapter
+from .records import LayerRecord
 from .surgery import keep_rows, set_bias, set_input_weight, unit_rows
 
 FORMAT_VERSION = 2  # 2: plan.json records the weights file's SHA-256; 1 (no hash) still loads
@@ -190,6 +191,11 @@ class PruningPlan:
     meta: dict
     layers: list = field(default_factory=list)
     tensors: dict = field(default_factory=dict)
+
+    @property
+    def records(self) -> list:
+        """``layers`` as frozen :class:`~statlab.records.LayerRecord` values (read-only view)."""
+        return [LayerRecord.from_json(layer) for layer in self.layers]
 
     def kept_fraction(self) -> dict:
         heads = sum(len(l["attn_kept"]) for l in self.layers) / sum(l["attn_units"] for l in self.layers)
@@ -527,6 +533,29 @@ def apply_mlp(model, block, kept, weight, b_out=None, w_in_rows=None) -> None:
     set_input_weight(model, block.mlp_out, weight)
     if b_out is not None:
         set_bias(model, block.mlp_out, b_out)
+
+
+def apply_selection(model, adapter, block, kind, selection) -> None:
+    """Apply a method's :class:`~statlab.methods.Selection` for ``block``'s ``kind`` (``"attention"``/``"mlp"``)."""
+    if kind == "attention":
+        apply_attention(model, adapter, block, selection.units, selection.w_out, selection.b_out,
+                        selection.w_in_rows)
+    else:
+        apply_mlp(model, block, selection.units, selection.w_out, selection.b_out, selection.w_in_rows)
+
+
+def selection_tensors(key, selection) -> dict:
+    """The plan's tensors of one module's :class:`~statlab.methods.Selection` (on the CPU), by :func:`_tensor_name`.
+
+    ``key`` is a :class:`~statlab.records.ModuleKey`: the output map's weight,
+    its new bias where the method set one, and the re-fitted input rows.
+    """
+    tensors = {_tensor_name(key.layer, key.kind): selection.w_out.cpu()}
+    if selection.b_out is not None:
+        tensors[_tensor_name(key.layer, key.kind, bias=True)] = selection.b_out.cpu()
+    for j, w in enumerate(selection.w_in_rows or ()):
+        tensors[_tensor_name(key.layer, key.kind, input=j)] = w.cpu()
+    return tensors
 
 
 def load_pruned(directory, *, dtype=None):

@@ -3,10 +3,11 @@
 The driver owns everything the methods share — capture, the budget's cost
 model, propagation through pruned layers, surgery and plans. A method only
 
-1. says what it needs captured (``captures``, ``needs_inputs``) and whether its
-   pruning pass wants activations propagated through the pruned layers below
-   (``propagates``);
-2. turns the dense pass into per-module sizes that meet the budget (``sizes``);
+1. says what its selections read (``needs``), whether its sizes read the
+   dense pass (``sizes_read_data``) and whether its pruning pass wants
+   activations propagated through the pruned layers below (``propagates``);
+2. turns the dense pass into per-module sizes that meet the budget (``sizes``),
+   a mapping keyed by :class:`~statlab.records.ModuleKey`;
 3. for one module and its size, returns a :class:`Selection`: the kept units,
    the new output map and, optionally, a new output bias and new input rows
    (``select``); the driver applies all of it and the plan stores it.
@@ -14,6 +15,7 @@ model, propagation through pruned layers, surgery and plans. A method only
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +23,13 @@ import torch
 
 from statlab.backends import Backend, get_backend
 from statlab.inputs import check_int, check_ridge
+from statlab.records import ModuleKey
 from statlab.reference import budget as budget_lib
+
+NEEDS = frozenset({"activations", "inputs"})
+"""What a method's selections may read: ``activations`` (the output map's
+input: ``ModuleStats.stats``, ``mean``, ``rows``) and ``inputs`` (the module's
+input ``x``: ``ModuleStats.inputs``, ``inputs_mean``)."""
 
 
 @dataclass
@@ -57,12 +65,20 @@ class ModuleStats:
         Mean of ``W_out``'s input over those tokens.
     inputs : Tensor (d, d) or ndarray (N, d), optional
         Gram (or matrix) of the module's input ``x`` (input of ``W_in``), when
-        the method sets ``needs_inputs``.
+        the method's ``needs`` holds ``"inputs"``.
     inputs_mean : shape (d,), optional
     heads_per_unit, head_dim : int
         Attention only (1 and 0 for MLPs).
     ridge : float
         Relative ridge of least-squares corrections.
+    propagated : bool
+        The statistics were computed through the pruned layers below (False:
+        the dense model's, or none).
+    cache : dict
+        The method's own per-module results, kept while this object lives: the
+        driver hands the same object to ``sizes`` and ``select`` when their
+        statistics are the same (no propagation), so a factorisation made for
+        the sizes can be reused by the selection.
     """
 
     kind: str
@@ -81,9 +97,15 @@ class ModuleStats:
     head_dim: int = 0
     ridge: float = 0.0
     b_out: torch.Tensor | None = None
+    propagated: bool = False
+    cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.backend = get_backend(self.backend)
+
+    @property
+    def key(self) -> ModuleKey:
+        return ModuleKey(self.layer, self.kind)
 
     def gram(self) -> torch.Tensor:
         """``Z^T Z`` in fp64 as a tensor, whichever the backend (on the CPU for the reference)."""
@@ -125,11 +147,42 @@ class Selection:
 
 @dataclass
 class SizeChoice:
-    """Per-module sizes (order: layer 0 attention, layer 0 MLP, layer 1 attention, ...) and what set them."""
+    """Per-module sizes and what set them.
 
-    sizes: list
-    curves: list | None = None
+    Attributes
+    ----------
+    sizes : dict[ModuleKey, int]
+        Kept units of every module. A sequence in the order of the ``costs``
+        handed to :meth:`PruningMethod.sizes` is accepted (:meth:`keyed`).
+    curves : dict[ModuleKey, ndarray (units + 1,)], optional
+        The residual curves the sizes came from (same forms as ``sizes``).
+    info : dict
+        What else the plan should record (thresholds, shares, ...).
+    """
+
+    sizes: Mapping
+    curves: Mapping | None = None
     info: dict = field(default_factory=dict)
+
+    def keyed(self, keys) -> "SizeChoice":
+        """This choice with ``sizes`` and ``curves`` as mappings over exactly ``keys``, or a ValueError."""
+        keys = list(keys)
+
+        def by_key(values, what):
+            if values is None:
+                return None
+            if not isinstance(values, Mapping):
+                values = list(values)
+                if len(values) != len(keys):
+                    raise ValueError(f"{len(values)} {what} for {len(keys)} modules")
+                values = dict(zip(keys, values))
+            if set(values) != set(keys):
+                raise ValueError(f"{what} must name every module once: missing "
+                                 f"{[str(k) for k in keys if k not in values][:4]}")
+            return {k: values[k] for k in keys}
+
+        sizes = {k: int(v) for k, v in by_key(self.sizes, "sizes").items()}
+        return SizeChoice(sizes, by_key(self.curves, "curves"), dict(self.info))
 
 
 class PruningMethod:
@@ -138,19 +191,35 @@ class PruningMethod:
     Attributes
     ----------
     name : str
-    captures : bool
-        Needs a dense pass over the calibration data (False: weights only).
-    needs_inputs : bool
-        Also capture the Gram of each module's input ``x``.
+    needs : frozenset of str
+        What :meth:`select` reads of each module, a subset of :data:`NEEDS`
+        (empty: weights only). The driver captures it — on the dense model, or
+        through the pruned layers below when the method propagates.
+    sizes_read_data : bool
+        :meth:`sizes` reads the dense pass's statistics (False: the driver runs
+        no dense pass when the selections get propagated ones, and ``modules``
+        holds None).
     propagates : bool
         With ``propagate=True``, the pruning pass recomputes each module's
         statistics through the already pruned layers below.
     """
 
     name = ""
-    captures = True
-    needs_inputs = False
+    needs = frozenset({"activations"})
+    sizes_read_data = False
     propagates = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.needs) - NEEDS
+        if unknown:
+            raise TypeError(f"{cls.__name__}.needs: unknown {sorted(unknown)}; the driver supplies {sorted(NEEDS)}")
+        cls.needs = frozenset(cls.needs)
+
+    @property
+    def captures(self) -> bool:
+        """Whether the method reads calibration statistics at all."""
+        return bool(self.needs) or self.sizes_read_data
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0):
         self.seed = check_int("seed", seed, minimum=0)
@@ -160,13 +229,15 @@ class PruningMethod:
     def prepare(self, model, adapter, blocks, calibration) -> None:
         """Per-run state computed from the dense model before anything is pruned (default: none)."""
 
-    def sizes(self, modules: list, costs: list, fraction: float, adapter) -> SizeChoice:
+    def sizes(self, modules: dict, costs: dict, fraction: float, adapter) -> SizeChoice:
         """Sizes meeting ``fraction`` of the cost; default the same fraction everywhere.
 
-        ``modules`` holds the dense pass's :class:`ModuleStats` (None entries
-        when the method captures nothing).
+        ``modules`` maps every :class:`~statlab.records.ModuleKey` (bottom-up,
+        attention before MLP) to the dense pass's :class:`ModuleStats` (None
+        when ``sizes_read_data`` is False); ``costs`` maps the same keys to
+        their :class:`~statlab.reference.budget.ModuleCost`.
         """
-        return SizeChoice(budget_lib.uniform_sizes(costs, fraction))
+        return SizeChoice(dict(zip(costs, budget_lib.uniform_sizes(list(costs.values()), fraction))))
 
     def select(self, module: ModuleStats, k: int) -> Selection:
         """Keep ``k`` units: a :class:`Selection` (kept units, new ``W_out (out, k · unit_size)`` in fp64, ...)."""

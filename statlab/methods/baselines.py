@@ -18,7 +18,7 @@ from .base import PruningMethod, keep_top, unit_energies
 
 class Magnitude(PruningMethod):
     name = "magnitude"
-    captures = False
+    needs = frozenset()  # weights only
 
     def select(self, module, k):
         W = module.W_out.detach().cpu().float()
@@ -36,7 +36,7 @@ class Activation(PruningMethod):
 
 class Random(PruningMethod):
     name = "random"
-    captures = False
+    needs = frozenset()  # weights only
 
     def select(self, module, k):
         rng = np.random.default_rng([self.seed, module.layer, module.kind == "mlp"])

@@ -37,7 +37,7 @@ deviation:
   ``W_D (W_U x · σ(W_G x))`` (App. B §7.2): the product of the metrics of the
   two depth-2 modules ``W_D W_U x`` and ``W_D σ(W_G x)``,
   ``M_i = (‖D_i‖² U_iᵀ Σ_X U_i) · (½ ‖D_i‖² G_iᵀ Σ_X G_i)``.
-  ``Σ_X`` is the Gram of the module input (``needs_inputs``) divided by the
+  ``Σ_X`` is the Gram of the module input (``"inputs"`` in ``needs``) divided by the
   number of tokens: the paper's ``E[x xᵀ]``, padding excluded.
 - **Head grouping** (Alg. 1): ``D_ij`` is the mean over all non-padded query
   positions of the JS *distance* (square root of the JS divergence, natural
@@ -78,10 +78,9 @@ deviation:
   uncorrected inside the module, the least-squares step is then applied to the
   kept channels (the same Alg. 2 step with the pruned module's input). The
   driver keeps ``W2``'s bias; Alg. 2 fits weights only, so nothing is lost there.
-- **One-pass variant** (``propagate=False``): GOA sets ``captures=False``, so
-  the driver hands it no statistics exactly when it does not propagate; GOA
-  then captures the dense statistics itself and the recovery reduces to the
-  least-squares interpolation on the dense Gram (``E = 0``).
+- **One-pass variant** (``propagate=False``): the driver hands GOA the dense
+  pass's statistics (``ModuleStats.propagated`` is False) and the recovery
+  reduces to the least-squares interpolation on the dense Gram (``E = 0``).
 - **Post-LN encoders** (BERT, DistilBERT): the depth-2 module ends at the
   output map, before the residual sum and the LayerNorm, as in the pre-LN
   decoders the paper prunes; scores and re-fit target that map's output
@@ -487,8 +486,7 @@ class Goa(PruningMethod):
     """
 
     name = "goa"
-    captures = False  # uniform sizes; the driver's statistics arrive only when it propagates
-    needs_inputs = True
+    needs = frozenset({"activations", "inputs"})  # uniform sizes: no dense pass when it propagates
     propagates = True  # Alg. 2: modules pruned in sequence, each on the outputs of the pruned ones
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0, tau: float | None = 0.2, recovery: bool = True,
@@ -530,15 +528,12 @@ class Goa(PruningMethod):
 
     def _statistics(self, module: ModuleStats):
         """``(G, S, inputs_mean, rows, error)`` in fp64: the driver's propagated stats, or GOA's own dense ones."""
-        if module.stats is None:  # the driver does not propagate: the one-pass variant
-            m = self.streams.moments(module.layer, module.kind, propagated=False)
-            return m["gram"], m["inputs"], m["inputs_mean"], m["rows"], None
         G = module.gram()  # a torch Gram under either backend (the reference's: Z^T Z on the CPU)
         device = G.device
         S = module.backend.gram(module.inputs, device) if module.inputs is not None else None
         mean = None if module.inputs_mean is None else _as_tensor(module.inputs_mean, device)
         error = None
-        if self.recovery:
+        if self.recovery and module.propagated:  # the one-pass variant: dense statistics, E = 0
             error = self.streams.moments(module.layer, module.kind, propagated=True)["error"].to(device)
         return G, S, mean, module.rows, error
 

@@ -433,9 +433,7 @@ class Kwon(PruningMethod):
     """
 
     name = "kwon"
-    captures = False  # sizes come from the gradient pass; propagated statistics still reach select
-    needs = frozenset({"activations"})
-    sizes_read_data = False
+    needs = frozenset({"activations"})  # sizes come from the gradient pass: no dense pass when it propagates
     propagates = True  # stage 3 fits each layer on the inputs the pruned layers below give it
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0, target: str = "auto", rearrange: bool = True,
@@ -475,7 +473,7 @@ class Kwon(PruningMethod):
         examples = int(next(iter(self.grads.values())).shape[0]) if keys else 0
         info = {"kwon": {"target": self.target, "examples": examples, "rearranged_units": moved,
                          "rearrange": self.rearrange, "tuning": self.tuning, "dense_target": self.dense_target}}
-        return SizeChoice([len(k) for k in kept], None, info)
+        return SizeChoice(dict(zip(costs, (len(k) for k in kept))), None, info)
 
     def _units(self, module: ModuleStats, k: int) -> list:
         """The kept units of stages 1–2; a size other than :meth:`sizes`' gets the ``k`` best, rearranged."""
@@ -505,14 +503,15 @@ class Kwon(PruningMethod):
 
     def _tuned(self, module, kept):
         w_out = restricted_w_out(module, kept)
-        propagated = module.stats is not None
+        propagated = module.propagated
         if not self.tuning or self._stopped is not None:
             return Selection(kept, w_out)
         if propagated and not self.dense_target:
             G, error = module.gram(), None
-        else:  # paired passes: the dense target's cross moment, or the dense Gram of the one-pass variant
-            m = self.streams.moments(module.layer, module.kind, propagated=propagated)
-            G, error = (module.gram(), m["error"]) if propagated else (m["gram"], None)
+        elif propagated:  # paired passes: the dense target's cross moment
+            G, error = module.gram(), self.streams.moments(module.layer, module.kind, propagated=True)["error"]
+        else:  # the one-pass variant: the driver's dense Gram, whose target is the dense module itself
+            G, error = module.gram(), None
         if not kept:
             return Selection(kept, w_out)
         AtA, Aty = unit_system(module.W_out, G, module.unit_size, None if error is None else error.to(G.device))

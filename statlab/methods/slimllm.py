@@ -359,8 +359,7 @@ class SlimLLM(PruningMethod):
     """
 
     name = "slimllm"
-    captures = True
-    needs_inputs = True
+    needs = frozenset({"activations", "inputs"})
     propagates = True  # the code prunes each layer on the outputs of the pruned layers below
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0, alpha: float | None = None,
@@ -377,24 +376,26 @@ class SlimLLM(PruningMethod):
         self.similarity = layer_similarity(model, adapter, calibration)
 
     def sizes(self, modules, costs, fraction, adapter):
-        L = len(costs) // 2
+        keys = list(costs)
+        L = len({k.layer for k in keys})
         sim = self.similarity if self.similarity is not None else np.ones(L)
         alpha = self.alpha if self.alpha is not None else default_alpha(fraction)
         skip = self.skip_layers if self.skip_layers is not None else int(round(L / 16))
         skip = min(max(skip, 0), L - 1)
         shares = layer_shares(sim, alpha, skip)
-        sizes, scale = sizes_for_shares(np.repeat(shares, 2), costs, fraction)
+        cost_list = [costs[k] for k in keys]
+        sizes, scale = sizes_for_shares(np.array([shares[k.layer] for k in keys]), cost_list, fraction)
         if sizes is None:  # the skipped layers alone exceed the budget: prune every layer
             skip = 0
             shares = layer_shares(sim, alpha, 0)
-            sizes, scale = sizes_for_shares(np.repeat(shares, 2), costs, fraction)
+            sizes, scale = sizes_for_shares(np.array([shares[k.layer] for k in keys]), cost_list, fraction)
         info = {
             "slimllm_layer_similarity": [float(x) for x in sim],
             "slimllm_alpha": float(alpha),
             "slimllm_skipped_layers": sorted(int(i) for i in np.argsort(sim, kind="stable")[:skip]),
             "slimllm_layer_ratios": [float(min(scale * x, 1.0)) for x in shares],
         }
-        return SizeChoice(sizes, None, info)
+        return SizeChoice(dict(zip(keys, sizes)), None, info)
 
     def select(self, module, k):
         G = module.gram()  # a torch Gram under either backend (the reference's: Z^T Z on the CPU)

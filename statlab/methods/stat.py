@@ -29,7 +29,7 @@ def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
 
 
 def layer_weights(modules: list, adapter) -> np.ndarray:
-    """Error weight of every module (layer 0 attention, layer 0 MLP, layer 1 attention, ...).
+    """Error weight of every module of ``modules`` (ModuleStats, any order), in that order: (modules,).
 
     Post-LN encoders: STAT's depth weighting
     (:func:`~statlab.reference.budget.post_ln_layer_weights`). Pre-LN decoders:
@@ -37,12 +37,16 @@ def layer_weights(modules: list, adapter) -> np.ndarray:
     ``max_u ||Z_u W_u^T||`` — over their exponential trend
     (:func:`~statlab.reference.budget.pre_ln_layer_weights`).
     """
-    layers = len(modules) // 2
+    layers = sorted({m.layer for m in modules})
     if adapter.norm_position == "post":
-        return np.repeat(budget_lib.post_ln_layer_weights(layers), 2)
-    pivots = np.sqrt([unit_energies(m).max() for m in modules]).reshape(layers, 2)
-    weights = [budget_lib.pre_ln_layer_weights(pivots[:, j]) for j in range(2)]
-    return np.stack(weights, axis=1).reshape(-1)
+        depth = dict(zip(layers, budget_lib.post_ln_layer_weights(len(layers))))
+        return np.array([depth[m.layer] for m in modules])
+    weights = np.empty(len(modules))
+    for kind in ("attention", "mlp"):  # each family over its layers, bottom-up
+        at = sorted((i for i, m in enumerate(modules) if m.kind == kind), key=lambda i: modules[i].layer)
+        pivots = np.sqrt([unit_energies(modules[i]).max() for i in at])
+        weights[at] = budget_lib.pre_ln_layer_weights(pivots)
+    return weights
 
 
 class Stat(PruningMethod):
@@ -62,6 +66,7 @@ class Stat(PruningMethod):
     """
 
     name = "stat"
+    sizes_read_data = True  # the error curves of the dense pass
     propagates = True
 
     def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True):
@@ -74,12 +79,16 @@ class Stat(PruningMethod):
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
-        curves = [prune_module(m, m.units, curve=True)[2] for m in modules]
+        keys, stats = list(modules), list(modules.values())
+        cost_list = [costs[k] for k in keys]
+        curves = [prune_module(m, m.units, curve=True)[2] for m in stats]
         if self.size_rule == "uniform":
-            return SizeChoice(budget_lib.uniform_sizes(costs, fraction), curves, {"sizes": "uniform"})
-        weights = layer_weights(modules, adapter) if self.weighting else np.ones(len(modules))
-        sizes, tau = budget_lib.choose_sizes(curves, costs, weights, fraction)
-        return SizeChoice(sizes, curves, {"threshold": tau})
+            sizes, info = budget_lib.uniform_sizes(cost_list, fraction), {"sizes": "uniform"}
+        else:
+            weights = layer_weights(stats, adapter) if self.weighting else np.ones(len(stats))
+            sizes, tau = budget_lib.choose_sizes(curves, cost_list, weights, fraction)
+            info = {"threshold": tau}
+        return SizeChoice(dict(zip(keys, sizes)), dict(zip(keys, curves)), info)
 
     def select(self, module, k):
         kept, weight, _ = prune_module(module, k)
