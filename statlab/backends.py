@@ -47,6 +47,10 @@ class Backend(ABC):
         """What methods see of a capture recorder (``statlab.capture.capture``'s values)."""
 
     @abstractmethod
+    def recorder(self, n: int, name: str, *, device=None, precision: str = "fp64"):
+        """What a capture streams one linear map's ``n``-wide input into (``update(Z, mask)``, ``rows``, ``mean``)."""
+
+    @abstractmethod
     def gram(self, data, device=None) -> torch.Tensor:
         """``Z^T Z (n, n)`` in fp64 on ``device`` (default: where ``data`` is).
 
@@ -74,6 +78,9 @@ class FastBackend(Backend):
 
     name = "fast"
 
+    def recorder(self, n, name, *, device=None, precision="fp64"):
+        return fast.GramAccumulator(n, device=device, precision=precision, name=name)
+
     def data(self, recorder):
         return recorder.gram
 
@@ -96,6 +103,9 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
+    def recorder(self, n, name, *, device=None, precision="fp64"):
+        return MatrixRecorder(n, name)  # fp64 on the CPU whatever the precision
+
     def data(self, recorder):
         return recorder.matrix
 
@@ -113,6 +123,36 @@ class ReferenceBackend(Backend):
 
     def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True):
         return _as_torch(reference.prune_heads(data, _numpy(W_out), unit_size, k, ridge=ridge, curve=curve))
+
+
+class MatrixRecorder:
+    """Keeps every (masked) row in fp64 on the CPU: the reference backend's capture."""
+
+    def __init__(self, n, name):
+        self.name = name
+        self.parts = []
+        self.n = n
+
+    def update(self, Z, mask=None):
+        Z = Z.reshape(-1, self.n)
+        if mask is not None:
+            Z = Z[mask.reshape(-1)]
+        Z = Z.detach().to("cpu", torch.float64)
+        if not torch.isfinite(Z).all():
+            raise fast.NonFiniteActivationError(f"NaN or Inf in {self.name}")
+        self.parts.append(Z.numpy())
+
+    @property
+    def rows(self):
+        return sum(p.shape[0] for p in self.parts)
+
+    @property
+    def mean(self):
+        return self.matrix.mean(axis=0) if self.parts else np.zeros(self.n)
+
+    @property
+    def matrix(self):
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, self.n))
 
 
 def _numpy(W: torch.Tensor) -> np.ndarray:

@@ -8,12 +8,10 @@ backend) or into NumPy matrices (reference backend).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from statlab.backends import BACKENDS
-from statlab.fast import GramAccumulator, NonFiniteActivationError
+from statlab.backends import BACKENDS, MatrixRecorder, get_backend  # noqa: F401  (MatrixRecorder: its old home)
 from statlab.inputs import check_calibration, model_inputs
 
 
@@ -30,36 +28,6 @@ def _linear(model, label, path):
 
 class _StopForward(Exception):
     """Raised inside a hook once everything wanted from a batch was captured."""
-
-
-class MatrixRecorder:
-    """Keeps every (masked) row in fp64 on the CPU: the reference backend's capture."""
-
-    def __init__(self, n, name):
-        self.name = name
-        self.parts = []
-        self.n = n
-
-    def update(self, Z, mask=None):
-        Z = Z.reshape(-1, self.n)
-        if mask is not None:
-            Z = Z[mask.reshape(-1)]
-        Z = Z.detach().to("cpu", torch.float64)
-        if not torch.isfinite(Z).all():
-            raise NonFiniteActivationError(f"NaN or Inf in {self.name}")
-        self.parts.append(Z.numpy())
-
-    @property
-    def rows(self):
-        return sum(p.shape[0] for p in self.parts)
-
-    @property
-    def mean(self):
-        return self.matrix.mean(axis=0) if self.parts else np.zeros(self.n)
-
-    @property
-    def matrix(self):
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, self.n))
 
 
 class LayerReplay:
@@ -159,7 +127,7 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
 
     Returns
     -------
-    dict[str, GramAccumulator | MatrixRecorder | list]
+    dict[str, statlab.fast.GramAccumulator | statlab.backends.MatrixRecorder | list]
 
     Raises
     ------
@@ -177,8 +145,7 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     for label, path in targets.items():
         linear = _linear(model, label, path)
         n = linear.in_features
-        recorders[label] = (GramAccumulator(n, device=device, precision=precision, name=label) if backend == "fast"
-                            else MatrixRecorder(n, label))
+        recorders[label] = get_backend(backend).recorder(n, label, device=device, precision=precision)
 
         def hook(module, args, label=label):
             recorders[label].update(args[0], state["mask"])
