@@ -15,6 +15,11 @@ task          splits                   columns
 ``wikitext2`` test, validation         text (one row per line, as on the hub)
 ============  =======================  ==========================================
 
+The rest of GLUE (``qnli``, ``rte``, ``qqp``, ``cola``, ``mnli``) and STS-B's
+training split come from the hub only, with the hub's columns and label names
+(:data:`TASKS`); with ``STATLAB_DATA_DIR`` set they are still fetched, and a
+clear error says so when there is no network.
+
 ``dev`` is accepted as an alias of ``validation``. Two differences between the
 routes remain, both in the local files, not in the code: the local WikiText-2
 test file has no blank lines (the hub's rows include empty ones), and the local
@@ -35,14 +40,33 @@ import torch
 DATA_DIR_ENV = "STATLAB_DATA_DIR"
 
 TASKS: dict[str, tuple[str, ...]] = {
-    "stsb": ("validation",),
+    "stsb": ("train", "validation"),
     "sst2": ("train", "validation"),
     "mrpc": ("train", "validation"),
     "wikitext2": ("test", "validation"),
+    # the rest of GLUE: from the hub only (no offline copy)
+    "qnli": ("train", "validation"),
+    "rte": ("train", "validation"),
+    "qqp": ("train", "validation"),
+    "cola": ("train", "validation"),
+    "mnli": ("train", "validation_matched", "validation_mismatched"),
 }
+GLUE_TASKS = ("sst2", "mrpc", "stsb", "qnli", "rte", "qqp", "cola", "mnli")
 CALIBRATION_SOURCES = ("sst2", "mrpc", "wikitext2")
 
 _SPLIT_ALIASES = {"dev": "validation"}
+_MNLI_ALIASES = {"validation": "validation_matched"}  # MNLI's dev set is its matched half
+
+# GLUE's label names (nyu-mll/glue's ClassLabel names); STS-B is a float score
+_LABEL_NAMES = {
+    "sst2": ["negative", "positive"],
+    "mrpc": ["not_equivalent", "equivalent"],
+    "qnli": ["entailment", "not_entailment"],
+    "rte": ["entailment", "not_entailment"],
+    "qqp": ["not_duplicate", "duplicate"],
+    "cola": ["unacceptable", "acceptable"],
+    "mnli": ["entailment", "neutral", "contradiction"],
+}
 
 _LOCAL_FILES = {
     ("stsb", "validation"): "glue/STS-B/dev.tsv",
@@ -73,6 +97,11 @@ _TEXT_COLUMNS = {
     "sst2": ("sentence",),
     "mrpc": ("sentence1", "sentence2"),
     "wikitext2": ("text",),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "cola": ("sentence",),
+    "mnli": ("premise", "hypothesis"),
 }
 
 
@@ -107,27 +136,24 @@ def features(task: str) -> datasets.Features:
 
     Parameters
     ----------
-    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    task : str
+        A key of :data:`TASKS`.
 
     Returns
     -------
     datasets.Features
+        The text columns of :data:`_TEXT_COLUMNS`, and ``label``: a
+        ``ClassLabel`` with GLUE's names, a float score (STS-B), or none
+        (``wikitext2``).
     """
-    string = datasets.Value("string")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    columns = {name: datasets.Value("string") for name in _TEXT_COLUMNS[task]}
     if task == "stsb":
-        return datasets.Features(
-            {"sentence1": string, "sentence2": string, "label": datasets.Value("float32")}
-        )
-    if task == "sst2":
-        return datasets.Features(
-            {"sentence": string, "label": datasets.ClassLabel(names=["negative", "positive"])}
-        )
-    if task == "mrpc":
-        label = datasets.ClassLabel(names=["not_equivalent", "equivalent"])
-        return datasets.Features({"sentence1": string, "sentence2": string, "label": label})
-    if task == "wikitext2":
-        return datasets.Features({"text": string})
-    raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        columns["label"] = datasets.Value("float32")
+    elif task in _LABEL_NAMES:
+        columns["label"] = datasets.ClassLabel(names=_LABEL_NAMES[task])
+    return datasets.Features(columns)
 
 
 def load_task(task: str, split: str) -> datasets.Dataset:
@@ -156,6 +182,15 @@ def load_task(task: str, split: str) -> datasets.Dataset:
     root = data_dir()
     if root is None:
         return _load_hub(task, split)
+    if (task, split) not in _LOCAL_FILES:
+        try:
+            return _load_hub(task, split)
+        except Exception as error:  # noqa: BLE001 - offline, or the hub refused: say both
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise FileNotFoundError(
+                f"{task} {split} has no offline copy in {DATA_DIR_ENV} (it holds "
+                f"{', '.join(sorted({f'{t} {s}' for t, s in _LOCAL_FILES}))}), and the hub could not "
+                f"provide it: {reason}") from None
     return _load_local(root / _LOCAL_FILES[task, split], task)
 
 
@@ -200,17 +235,77 @@ def calibration_texts(source: str, n: int, *, seed: int = 0) -> list[str]:
     return [pool[i] for i in picks]
 
 
+def text_columns(task: str) -> tuple[str, ...]:
+    """The text columns of ``task``, in the order a task model reads them (``sentence1, sentence2``)."""
+    if task not in _TEXT_COLUMNS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return _TEXT_COLUMNS[task]
+
+
+def task_texts(dataset: datasets.Dataset, task: str) -> list[tuple[str, ...]]:
+    """Each example's text fields in the order the task model reads them.
+
+    Returns
+    -------
+    list of tuple of str, length S
+        1-tuples for single-sentence tasks (SST-2, CoLA), 2-tuples for pair
+        tasks (``sentence1, sentence2``; MNLI ``premise, hypothesis``).
+    """
+    return list(zip(*(dataset[column][:] for column in text_columns(task))))
+
+
+def task_calibration_examples(task: str, n: int, *, seed: int = 0) -> list[tuple[str, ...]]:
+    """``n`` distinct training examples of a GLUE task, unlabeled: a task model's calibration.
+
+    The paper's protocol for fine-tuned models: the examples are drawn without
+    replacement from the task's own training split, as the model reads them
+    (pairs for pair tasks; :func:`task_texts`). Examples sharing a text with
+    the task's validation split are left out, so calibration and evaluation
+    never share a sentence.
+
+    Parameters
+    ----------
+    task : str
+        One of :data:`GLUE_TASKS`.
+    n : int
+        ``1 <= n <= pool size``.
+    seed : int
+        Seed of the :class:`numpy.random.Generator` that draws the sample.
+
+    Returns
+    -------
+    list of tuple of str, length n
+        In sampled order.
+    """
+    if task not in GLUE_TASKS:
+        raise ValueError(f"task {task!r} has no training examples to calibrate on; GLUE tasks: "
+                         f"{', '.join(GLUE_TASKS)}")
+    split = "validation_matched" if task == "mnli" else "validation"
+    evaluated = {text.strip() for example in task_texts(load_task(task, split), task) for text in example}
+    examples = dict.fromkeys(tuple(text.strip() for text in example)
+                             for example in task_texts(load_task(task, "train"), task))
+    pool = [example for example in examples if all(example) and not evaluated.intersection(example)]
+    if not 1 <= n <= len(pool):
+        raise ValueError(f"n={n} calibration examples requested from {task} train, which has {len(pool)} "
+                         f"usable examples; ask for between 1 and {len(pool)}.")
+    picks = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
+    return [pool[i] for i in picks]
+
+
 def tokenize_batches(
     tokenizer, texts, *, max_length: int = 128, batch_size: int = 32
 ) -> list[dict[str, torch.Tensor]]:
-    """Tokenise texts into padded batches.
+    """Tokenise texts, or text pairs, into padded batches.
 
     Parameters
     ----------
     tokenizer : transformers tokenizer
-    texts : sequence of str, length S
+    texts : sequence of str, or of 1- or 2-tuples of str, length S
+        A 2-tuple is one example of a pair task, encoded together as the task
+        model sees it (``[CLS] a [SEP] b [SEP]`` with token types for BERT).
     max_length : int
-        Longer texts are truncated to this many tokens (special tokens included).
+        Longer texts are truncated to this many tokens (special tokens
+        included); pairs lose tokens from the longer member first.
     batch_size : int
         Texts per batch; the last batch may be smaller.
 
@@ -225,12 +320,17 @@ def tokenize_batches(
         raise ValueError(
             f"batch_size={batch_size} and max_length={max_length} must both be at least 1"
         )
-    texts = list(texts)
+    texts = [text[0] if isinstance(text, tuple) and len(text) == 1 else text for text in texts]
+    pairs = bool(texts) and isinstance(texts[0], tuple)
+    if any(isinstance(text, tuple) != pairs or (pairs and len(text) != 2) for text in texts):
+        raise ValueError("texts must all be strings or all be 2-tuples of strings (pairs)")
     keep = ("input_ids", "attention_mask", "token_type_ids")
     batches = []
     for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        members = ([a for a, _ in chunk], [b for _, b in chunk]) if pairs else (chunk,)
         encoded = tokenizer(
-            texts[start : start + batch_size],
+            *members,
             padding=True,
             truncation=True,
             max_length=max_length,
@@ -330,6 +430,8 @@ def _check_split(task: str, split: str) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     split = _SPLIT_ALIASES.get(split, split)
+    if task == "mnli":
+        split = _MNLI_ALIASES.get(split, split)
     if split not in TASKS[task]:
         raise ValueError(
             f"unknown split {split!r} for task {task!r}; valid splits: "

