@@ -10,6 +10,7 @@ from __future__ import annotations
 # STS-B has no training split offline; calibration comes from another task's
 # training sentences: MRPC, measured best on the tune half of STS-B dev (README "Calibration defaults").
 DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
+GLUE_TASKS = ("sst2", "mrpc", "stsb", "qnli", "rte", "qqp", "cola", "mnli")  # tasks of fine-tuned task models
 EVAL_SEQ_LEN = 128
 DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
 DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
@@ -18,7 +19,7 @@ CPU_MAX_TOKENS = 32768  # perplexity on the CPU: the first whole windows up to t
 
 
 def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_length=128, batch_size=64,
-                        window=DEFAULT_WINDOW):
+                        window=DEFAULT_WINDOW, task_model=False):
     """Tokenised calibration batches for ``task`` and a description of them.
 
     Parameters
@@ -42,6 +43,13 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
         Encoder tasks: sentences per batch.
     window : int
         ``wikitext2``: tokens per window.
+    task_model : bool
+        The model is fine-tuned for ``task`` (a head scores it): calibrate as
+        the paper does, on ``size`` examples of the task's own training split
+        read as the model reads them (pairs encoded together), with their
+        ``labels`` in the batches for the methods that use them
+        (:func:`statlab.data.task_calibration_batches`). ``source`` must then
+        be the task or None.
 
     Returns
     -------
@@ -53,7 +61,7 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
         batches), ``seed`` and ``max_length`` or ``window``; recorded in the
         plan's metadata.
     """
-    if task not in DEFAULT_CALIBRATION_SOURCE:
+    if task not in DEFAULT_CALIBRATION_SOURCE and not task_model:
         raise ValueError(f"unknown task {task!r}; calibration is defined for {', '.join(sorted(DEFAULT_CALIBRATION_SOURCE))}")
     for name, value, low in (("size", size, 1), ("window", window, 2), ("max_length", max_length, 1),
                              ("batch_size", batch_size, 1)):
@@ -67,6 +75,17 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
         return batches, {"source": "wikitext2 validation windows", "examples": size, "window": window,
                          "tokens": size * window, "seed": seed}
     size = DEFAULT_CALIBRATION_SIZE if size is None else size
+    if task_model:
+        if source not in (None, task):
+            raise ValueError(f"a task model fine-tuned for {task} calibrates on {task}'s training examples, not "
+                             f"{source}'s")
+        from statlab.data import task_calibration_batches
+
+        batches = task_calibration_batches(tokenizer, task, size, seed=seed, labels=True, max_length=max_length,
+                                           batch_size=batch_size)
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        return batches, {"source": f"{task} train examples", "examples": size, "tokens": tokens,
+                         "max_length": max_length, "seed": seed}
     source = source or DEFAULT_CALIBRATION_SOURCE[task]
     texts = calibration_texts(source, size, seed=seed)
     # similar lengths in a batch waste less on padding

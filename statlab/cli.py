@@ -22,10 +22,12 @@ from statlab.calibration import (
     DEFAULT_CALIBRATION_WINDOWS,
     DEFAULT_WINDOW,
     EVAL_SEQ_LEN,  # noqa: F401 (re-exported for code written against statlab.cli)
+    GLUE_TASKS,
     calibration_batches,
     cost_seq_len,
 )
 
+_TASKS = sorted(set(DEFAULT_CALIBRATION_SOURCE) | set(GLUE_TASKS))
 # the names in statlab.methods.METHODS, spelled out so that `--help` need not import torch
 METHOD_NAMES = ("stat", "goa", "slimllm", "kwon", "flap", "activation", "magnitude", "random")
 
@@ -45,17 +47,21 @@ def run_prune(args) -> dict:
 
     say = _report(args)
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
-    model, tokenizer = load_model(args.model, quiet=True)
-    if args.task in ("sst2", "mrpc"):  # the probe fitted here needs an encoder
-        from statlab.evaluate import check_task
+    from statlab.evaluate import check_task
+    from statlab.evaluate.heads import head_kind
 
+    model, tokenizer = load_model(args.model, quiet=True)
+    task_model = head_kind(model) is not None  # its own head scores it; it calibrates on its task's examples
+    if task_model or args.task in ("sst2", "mrpc"):  # the probe fitted here needs an encoder
         check_task(model, args.task, args.model)
     batches, calib = calibration_batches(tokenizer, args.task, size=args.calibration_size,
-                                         source=args.calibration_source, seed=args.seed, window=args.window)
+                                         source=args.calibration_source, seed=args.seed, window=args.window,
+                                         task_model=task_model)
     n_units = max(b.mlp_units for b in statlab.models.get_adapter(model).blocks(model))
     say(f"calibration: {calib['examples']} {calib['source']} examples, {calib['tokens']} tokens "
         f"({calib['tokens'] / n_units:.1f} per MLP neuron)")
-    if args.task in ("sst2", "mrpc"):
+    probe = None
+    if args.task in ("sst2", "mrpc") and not task_model:
         from statlab.evaluate import fit_probe
 
         probe = fit_probe(model, tokenizer, args.task, seed=args.seed)
@@ -67,7 +73,7 @@ def run_prune(args) -> dict:
     seconds = time.perf_counter() - start
     plan.meta["calibration"].update(calib)
     plan.save(args.out)
-    if args.task in ("sst2", "mrpc"):
+    if probe is not None:
         probe.save(Path(args.out) / f"probe-{args.task}")
     plot = Path(args.out) / "plan.png"
     plot_plan(plan, plot, title=f"statlab prune --model {args.model} --task {args.task} ({args.method}, {plan.meta['budget']})")
@@ -215,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", parents=[common], help="prune a model to a budget and save the plan")
     p.add_argument("--model", required=True, help="minilm, minilm-distilbert, smollm2, a hub id or a path")
-    p.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
+    p.add_argument("--task", required=True, choices=_TASKS,
+                   help="the probe/perplexity tasks, or any GLUE task for a fine-tuned task model")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--mac-fraction", type=_fraction, help="fraction of block MACs to keep, in (0, 1]")
     budget.add_argument("--sparsity", type=_sparsity, help="fraction of attention+MLP parameters to remove, in [0, 1)")
@@ -237,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model or a saved plan")
     e.add_argument("model", help="a model name/path or a plan directory")
-    e.add_argument("--task", required=True, choices=["stsb", "sst2", "mrpc", "wikitext2"])
+    e.add_argument("--task", required=True, choices=_TASKS)
     e.add_argument("--limit", type=_count, help="evaluate on this many dev examples only")
     e.add_argument("--window", type=_window, default=DEFAULT_WINDOW,
                    help=f"wikitext2: perplexity window in tokens (default {DEFAULT_WINDOW}; 2048 in the Llama-2 protocol)")
@@ -249,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", parents=[common], help="every method at every MAC budget on one task: table, JSON, plot")
     c.add_argument("--model", required=True)
-    c.add_argument("--task", required=True, choices=sorted(DEFAULT_CALIBRATION_SOURCE))
+    c.add_argument("--task", required=True, choices=_TASKS)
     c.add_argument("--methods", type=_methods, default=list(METHOD_NAMES),
                    help="comma-separated names (stat, goa, slimllm, kwon, flap, activation, magnitude, random)")
     c.add_argument("--budgets", type=_budgets, default=[0.8, 0.6, 0.5],

@@ -50,6 +50,8 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     from statlab.calibration import calibration_batches, cost_seq_len
     from statlab.costs import block_macs
     from statlab.evaluate import check_task, count_parameters, task_metrics
+    from statlab.evaluate.heads import head_kind
+    from statlab.evaluate.tasks import scored_by
     from statlab.methods import METHODS, PruningMethod
     from statlab.models.loading import load_model
 
@@ -66,9 +68,11 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     dense, tokenizer = load_model(model_name, quiet=True)
     check_task(dense, task, model_name)
     seq_len = cost_seq_len(task, window)
-    batches, calib = calibration_batches(tokenizer, task, size=calibration_size, seed=seed, window=window)
+    task_model = head_kind(dense) is not None  # scored by its own head, calibrated on its task's training examples
+    batches, calib = calibration_batches(tokenizer, task, size=calibration_size, seed=seed, window=window,
+                                         task_model=task_model)
     probe = None
-    if task in ("sst2", "mrpc"):
+    if task in ("sst2", "mrpc") and not task_model:
         from statlab.evaluate import fit_probe
 
         probe = fit_probe(dense, tokenizer, task, seed=seed)
@@ -78,7 +82,8 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
                                         max_tokens=max_tokens),
                 "macs": block_macs(model, seq_len), "params": count_parameters(model)}
 
-    settings = {"model": model_name, "task": task, "calibration": calib, "seq_len": seq_len,
+    settings = {"model": model_name, "task": task, "scored_by": scored_by(dense, task), "calibration": calib,
+                "seq_len": seq_len,
                 "evaluation": {"limit": limit, "window": window, "max_tokens": max_tokens}}
     result = _resumed(saved, checkpoint, settings, say)
     if result is None:

@@ -37,6 +37,8 @@ import datasets
 import numpy as np
 import torch
 
+from statlab.calibration import GLUE_TASKS  # tasks of fine-tuned task models (re-exported)
+
 DATA_DIR_ENV = "STATLAB_DATA_DIR"
 
 TASKS: dict[str, tuple[str, ...]] = {
@@ -51,7 +53,6 @@ TASKS: dict[str, tuple[str, ...]] = {
     "cola": ("train", "validation"),
     "mnli": ("train", "validation_matched", "validation_mismatched"),
 }
-GLUE_TASKS = ("sst2", "mrpc", "stsb", "qnli", "rte", "qqp", "cola", "mnli")
 CALIBRATION_SOURCES = ("sst2", "mrpc", "wikitext2")
 
 _SPLIT_ALIASES = {"dev": "validation"}
@@ -277,14 +278,47 @@ def task_calibration_examples(task: str, n: int, *, seed: int = 0) -> list[tuple
     list of tuple of str, length n
         In sampled order.
     """
+    return [example for example, _ in _task_sample(task, n, seed)]
+
+
+def task_calibration_batches(tokenizer, task: str, n: int, *, seed: int = 0, labels: bool = False,
+                             max_length: int = 128, batch_size: int = 64) -> list[dict[str, torch.Tensor]]:
+    """:func:`task_calibration_examples` tokenised as the task model reads them, sorted by length.
+
+    Parameters
+    ----------
+    labels : bool
+        Add each example's gold ``labels`` (B,) to its batch: for methods that
+        use them (Kwon et al.'s Fisher of the task loss); STAT ignores them.
+
+    Returns
+    -------
+    list of dict
+        :func:`tokenize_batches`'s batches (and ``labels``: int64 classes,
+        float32 for STS-B).
+    """
+    sample = sorted(_task_sample(task, n, seed), key=lambda pair: sum(map(len, pair[0])))
+    batches = tokenize_batches(tokenizer, [example for example, _ in sample], max_length=max_length,
+                               batch_size=batch_size)
+    if labels:
+        gold = torch.tensor([label for _, label in sample], dtype=torch.float32 if task == "stsb" else torch.long)
+        for batch, part in zip(batches, gold.split(batch_size)):
+            batch["labels"] = part
+    return batches
+
+
+def _task_sample(task: str, n: int, seed: int) -> list[tuple[tuple[str, ...], float]]:
+    """``n`` ``(texts, label)`` drawn from ``task``'s training pool (distinct texts, none in dev)."""
     if task not in GLUE_TASKS:
         raise ValueError(f"task {task!r} has no training examples to calibrate on; GLUE tasks: "
                          f"{', '.join(GLUE_TASKS)}")
     split = "validation_matched" if task == "mnli" else "validation"
     evaluated = {text.strip() for example in task_texts(load_task(task, split), task) for text in example}
-    examples = dict.fromkeys(tuple(text.strip() for text in example)
-                             for example in task_texts(load_task(task, "train"), task))
-    pool = [example for example in examples if all(example) and not evaluated.intersection(example)]
+    train = load_task(task, "train")
+    labelled = zip((tuple(text.strip() for text in example) for example in task_texts(train, task)),
+                   train["label"][:])
+    pool = list({example: label for example, label in labelled
+                 if all(example) and not evaluated.intersection(example)}.items())
     if not 1 <= n <= len(pool):
         raise ValueError(f"n={n} calibration examples requested from {task} train, which has {len(pool)} "
                          f"usable examples; ask for between 1 and {len(pool)}.")

@@ -206,3 +206,54 @@ def test_finetune_writes_a_task_model_that_loads_scores_and_is_reproducible(tmp_
     with pytest.raises(ValueError, match="steps must be an integer"):
         finetune(str(base), "sst2", tmp_path / "x", steps=-1)
     assert json.loads((tmp_path / "ft" / FINETUNE_FILE).read_text())["train_examples"] == 3668
+
+
+@needs_data
+def test_task_calibration_batches_carry_the_gold_labels(tokenizer):
+    batches = data.task_calibration_batches(tokenizer, "mrpc", 20, seed=2, labels=True, batch_size=8)
+    train = data.load_task("mrpc", "train")
+    gold = dict(zip(data.task_texts(train, "mrpc"), train["label"][:]))
+    decoded = [tuple(t.strip() for t in tokenizer.decode(ids, skip_special_tokens=False).split("[SEP]")[:2])
+               for batch in batches for ids in batch["input_ids"]]
+    labels = torch.cat([b["labels"] for b in batches]).tolist()
+    assert sum(len(b["labels"]) for b in batches) == 20 and [len(b["labels"]) for b in batches] == [8, 8, 4]
+    by_text = {tuple(tokenizer.decode(tokenizer(t)["input_ids"][1:-1]) for t in example): label
+               for example, label in gold.items()}
+    matched = [by_text.get((a.replace("[CLS]", "").strip(), b.strip())) for a, b in decoded]
+    assert matched == labels  # each example's label travels with it through the length sort
+    unlabeled = data.task_calibration_batches(tokenizer, "mrpc", 20, seed=2, batch_size=8)
+    assert "labels" not in unlabeled[0] and torch.equal(unlabeled[0]["input_ids"], batches[0]["input_ids"])
+
+
+@needs_data
+def test_cli_prunes_evaluates_and_compares_a_task_model_by_its_head(tmp_path, tokenizer, capsys):
+    from statlab import cli
+
+    path = saved(tmp_path, sentiment_classifier(), tokenizer, "classifier")
+    out = tmp_path / "plan"
+    assert cli.main(["prune", "--model", str(path), "--task", "sst2", "--mac-fraction", "0.5",
+                     "--calibration-size", "32", "--out", str(out), "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert pruned["calibration"]["source"] == "sst2 train examples" and pruned["calibration"]["examples"] == 32
+    assert not list(out.glob("probe-*"))  # a task model needs no probe
+    assert cli.main(["eval", str(out), "--task", "sst2", "--limit", "40", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scored_by"] == "head" and result["metrics"]["n"] == 40
+    model, _, _ = statlab.load_pruned(out)
+    assert result["metrics"]["accuracy"] == heads.head_metrics(model, tokenizer, "sst2", limit=40)["accuracy"]
+    assert cli.main(["eval", str(path), "--task", "mrpc", "--limit", "8"]) == 2  # an SST-2 model's labels
+    assert "do not match" in capsys.readouterr().err
+    assert cli.main(["compare", "--model", str(path), "--task", "sst2", "--methods", "stat,random",
+                     "--budgets", "0.6", "--calibration-size", "16", "--limit", "16", "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert compared["scored_by"] == "head" and len(compared["results"]) == 2
+    assert compared["dense"]["metrics"]["scored_by"] == "head"
+
+
+def test_bare_encoder_on_a_head_only_task_is_refused():
+    from statlab.evaluate import check_task
+
+    with pytest.raises(ValueError, match="fine-tuned task model's own head"):
+        check_task(transformers.BertModel(tiny_config(transformers.BertConfig)), "qnli", "tiny")
+    with pytest.raises(ValueError, match="own head on a GLUE task"):
+        check_task(sentiment_classifier(), "wikitext2", "tiny")

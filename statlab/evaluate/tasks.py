@@ -17,6 +17,7 @@ from statlab.plan import PruningPlan
 from .decoders import decoder_perplexity
 from .efficiency import count_parameters
 from .encoders import stsb_spearman
+from .heads import HEAD_METRICS, head_kind, head_metrics
 from .probe import PROBE_TASKS, Probe, fit_probe, probe_metrics
 
 EVAL_TASKS = ("stsb", "sst2", "mrpc")
@@ -34,6 +35,18 @@ def check_task(model, task: str, name: str | None = None) -> None:
     model_type = getattr(model.config, "model_type", None)
     name = name or getattr(model, "name_or_path", None) or model_type
     decoder = model_type in DECODER_TYPES
+    kind = head_kind(model)
+    if kind == "sequence-classification":
+        if task not in HEAD_METRICS:
+            raise ValueError(f"{name} is a {type(model).__name__}, scored by its own head on a GLUE task "
+                             f"({', '.join(HEAD_METRICS)}), not on {task}")
+        return
+    if kind == "question-answering":
+        raise ValueError(f"{name} is a question-answering model: score it on SQuAD "
+                         "(statlab.evaluate.squad.squad_metrics)")
+    if task in HEAD_METRICS and task not in EVAL_TASKS:
+        raise ValueError(f"task {task} is scored by a fine-tuned task model's own head, and {name} is a bare "
+                         f"{model_type} model: give a *ForSequenceClassification checkpoint fine-tuned for {task}")
     if task not in EVAL_TASKS + DECODER_TASKS:
         raise ValueError(f"unknown task {task!r}; statlab evaluates {', '.join(EVAL_TASKS + DECODER_TASKS)}")
     if task in DECODER_TASKS and not decoder:
@@ -111,6 +124,8 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
         :func:`~statlab.evaluate.decoders.decoder_perplexity`.
     """
     check_task(model, task)
+    if head_kind(model) == "sequence-classification":
+        return head_metrics(model, tokenizer, task, limit=limit)
     if task == "wikitext2":
         return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
     metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
@@ -161,11 +176,20 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
     seq_len = cost_seq_len(task, window)
     dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
     probe = None
-    if task in PROBE_TASKS:
+    if task in PROBE_TASKS and head_kind(model) is None:
         saved = Path(model_or_dir) / f"probe-{task}"
         probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
     if plan is not None:
         plan.apply(model)
     metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window, max_tokens=max_tokens)
-    return {"task": task, "metrics": metrics, "macs": block_macs(model, seq_len), "dense_macs": dense_macs,
-            "params": count_parameters(model), "dense_params": dense_params, "seq_len": seq_len}
+    return {"task": task, "scored_by": scored_by(model, task), "metrics": metrics,
+            "macs": block_macs(model, seq_len), "dense_macs": dense_macs, "params": count_parameters(model),
+            "dense_params": dense_params, "seq_len": seq_len}
+
+
+def scored_by(model, task: str) -> str:
+    """Which route scores ``model`` on ``task``: ``"head"`` (a task model), ``"probe"`` (a frozen linear
+    probe on a bare encoder), ``"embeddings"`` (STS-B cosines) or ``"perplexity"``."""
+    if head_kind(model) is not None:
+        return "head"
+    return {"wikitext2": "perplexity", "stsb": "embeddings"}.get(task, "probe")
