@@ -12,10 +12,12 @@ by its settings, so benchmarks build each model once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -189,7 +191,8 @@ def _train(settings: FinetuneSettings, disable_progress):
         trainer = transformers.Trainer(model=model, args=arguments, train_dataset=train,
                                        data_collator=transformers.DataCollatorWithPadding(tokenizer))
         start = time.perf_counter()
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout may carry JSON
+            trainer.train()
         seconds = time.perf_counter() - start
     return model.eval(), tokenizer, len(train), seconds
 

@@ -257,3 +257,20 @@ def test_bare_encoder_on_a_head_only_task_is_refused():
         check_task(transformers.BertModel(tiny_config(transformers.BertConfig)), "qnli", "tiny")
     with pytest.raises(ValueError, match="own head on a GLUE task"):
         check_task(sentiment_classifier(), "wikitext2", "tiny")
+
+
+@needs_data
+def test_cli_finetune_writes_a_model_and_refuses_a_foreign_out(tmp_path, tokenizer, capsys):
+    from statlab import cli
+
+    torch.manual_seed(0)
+    base = saved(tmp_path, transformers.BertModel(tiny_config(transformers.BertConfig)), tokenizer, "base")
+    out = tmp_path / "ft"
+    assert cli.main(["finetune", "--model", str(base), "--task", "mrpc", "--steps", "2", "--batch-size", "4",
+                     "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 2 and result["dev"]["n"] == 408 and (out / "config.json").is_file()
+    (tmp_path / "file").write_text("keep")
+    assert cli.main(["finetune", "--model", str(base), "--task", "mrpc", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "keep"
+    assert cli.main(["finetune", "--model", str(base), "--task", "mrpc", "--out", str(out), "--steps", "0"]) == 2
