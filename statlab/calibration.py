@@ -11,6 +11,8 @@ from __future__ import annotations
 # training sentences: MRPC, measured best on the tune half of STS-B dev (README "Calibration defaults").
 DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "wikitext2": "wikitext2"}
 GLUE_TASKS = ("sst2", "mrpc", "stsb", "qnli", "rte", "qqp", "cola", "mnli")  # tasks of fine-tuned task models
+QA_TASKS = ("squad", "squad_v2")  # question-answering task models (SQuAD v1.1, v2.0)
+QA_SEQ_LEN = 384  # question + context tokens per window, the SQuAD protocol
 EVAL_SEQ_LEN = 128
 DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
 DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
@@ -79,6 +81,8 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
         if source not in (None, task):
             raise ValueError(f"a task model fine-tuned for {task} calibrates on {task}'s training examples, not "
                              f"{source}'s")
+        if task in QA_TASKS:
+            return _squad_calibration(tokenizer, task, size, seed=seed, batch_size=batch_size)
         from statlab.data import task_calibration_batches
 
         batches = task_calibration_batches(tokenizer, task, size, seed=seed, labels=True, max_length=max_length,
@@ -96,6 +100,25 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
                      "examples": size, "tokens": tokens, "max_length": max_length, "seed": seed}
 
 
+def _squad_calibration(tokenizer, task, size, *, seed, batch_size):
+    """``size`` SQuAD training questions with their contexts, one window each (the first)."""
+    import numpy as np
+
+    from statlab.data import tokenize_batches
+    from statlab.evaluate.squad import load_squad
+
+    rows = load_squad("train", version_2=task == "squad_v2")
+    if not 1 <= size <= len(rows):
+        raise ValueError(f"{size} calibration questions requested from {task} train, which has {len(rows)}")
+    picks = np.sort(np.random.default_rng(seed).choice(len(rows), size=size, replace=False))
+    chosen = rows.select(picks)
+    pairs = sorted(zip(chosen["question"][:], chosen["context"][:]), key=lambda pair: len(pair[1]))
+    batches = tokenize_batches(tokenizer, pairs, max_length=QA_SEQ_LEN, batch_size=batch_size)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return batches, {"source": f"{task} train questions", "examples": size, "tokens": tokens,
+                     "max_length": QA_SEQ_LEN, "seed": seed}
+
+
 def cost_seq_len(task, window=DEFAULT_WINDOW):
     """The reference length of the MAC model.
 
@@ -110,4 +133,4 @@ def cost_seq_len(task, window=DEFAULT_WINDOW):
     int
         ``window`` for ``wikitext2``, else :data:`EVAL_SEQ_LEN`.
     """
-    return window if task == "wikitext2" else EVAL_SEQ_LEN
+    return window if task == "wikitext2" else QA_SEQ_LEN if task in QA_TASKS else EVAL_SEQ_LEN

@@ -23,11 +23,12 @@ from statlab.calibration import (
     DEFAULT_WINDOW,
     EVAL_SEQ_LEN,  # noqa: F401 (re-exported for code written against statlab.cli)
     GLUE_TASKS,
+    QA_TASKS,
     calibration_batches,
     cost_seq_len,
 )
 
-_TASKS = sorted(set(DEFAULT_CALIBRATION_SOURCE) | set(GLUE_TASKS))
+_TASKS = sorted(set(DEFAULT_CALIBRATION_SOURCE) | set(GLUE_TASKS) | set(QA_TASKS))
 # the names in statlab.methods.METHODS, spelled out so that `--help` need not import torch
 METHOD_NAMES = ("stat", "goa", "slimllm", "kwon", "flap", "activation", "magnitude", "random")
 
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", parents=[common], help="prune a model to a budget and save the plan")
     p.add_argument("--model", required=True, help="minilm, minilm-distilbert, smollm2, a hub id or a path")
     p.add_argument("--task", required=True, choices=_TASKS,
-                   help="the probe/perplexity tasks, or any GLUE task for a fine-tuned task model")
+                   help="the probe/perplexity tasks, or a GLUE task / squad / squad_v2 for a fine-tuned task model")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--mac-fraction", type=_fraction, help="fraction of block MACs to keep, in (0, 1]")
     budget.add_argument("--sparsity", type=_sparsity, help="fraction of attention+MLP parameters to remove, in [0, 1)")

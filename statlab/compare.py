@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 # the metric each task is judged by, and whether larger is better
 HEADLINE = {"stsb": ("spearman", True), "sst2": ("accuracy", True), "mrpc": ("f1", True),
-            "wikitext2": ("perplexity", False)}
+            "wikitext2": ("perplexity", False), "qnli": ("accuracy", True), "rte": ("accuracy", True),
+            "mnli": ("accuracy", True), "qqp": ("f1", True), "cola": ("matthews", True), "squad": ("f1", True),
+            "squad_v2": ("f1", True)}
 
 
 def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0, window=512,

@@ -274,3 +274,28 @@ def test_cli_finetune_writes_a_model_and_refuses_a_foreign_out(tmp_path, tokeniz
     assert cli.main(["finetune", "--model", str(base), "--task", "mrpc", "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "keep"
     assert cli.main(["finetune", "--model", str(base), "--task", "mrpc", "--out", str(out), "--steps", "0"]) == 2
+
+
+def test_cli_prunes_and_evaluates_a_question_answering_model_on_squad(tmp_path, tokenizer, capsys, monkeypatch):
+    from statlab import cli
+
+    from .test_squad import QUESTIONS, _squad_json
+
+    root = tmp_path / "data"
+    (root / "squad").mkdir(parents=True)
+    (root / "squad" / "train-v1.1.json").write_text(json.dumps(_squad_json(QUESTIONS * 3)))
+    (root / "squad" / "dev-v1.1.json").write_text(json.dumps(_squad_json(QUESTIONS)))
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
+    torch.manual_seed(0)
+    path = saved(tmp_path, transformers.BertForQuestionAnswering(tiny_config(transformers.BertConfig)), tokenizer)
+    out = tmp_path / "plan"
+    assert cli.main(["prune", "--model", str(path), "--task", "squad", "--mac-fraction", "0.6",
+                     "--calibration-size", "6", "--out", str(out), "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert pruned["calibration"]["source"] == "squad train questions" and pruned["calibration"]["examples"] == 6
+    assert cli.main(["eval", str(out), "--task", "squad", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scored_by"] == "head" and result["metrics"]["examples"] == 3 and result["seq_len"] == 384
+    assert 0 <= result["metrics"]["f1"] <= 100
+    assert cli.main(["eval", str(out), "--task", "sst2"]) == 2
+    assert "question-answering model" in capsys.readouterr().err

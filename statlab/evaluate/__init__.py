@@ -6,7 +6,10 @@ mean-pooled embeddings; SST-2 / MRPC dev metrics of a linear probe
 encoder is pruned. Decoders (:mod:`.decoders`): perplexity over
 non-overlapping token windows. Efficiency (:mod:`.efficiency`): parameters,
 measured FLOPs, latency. :mod:`.tasks` answers "the metrics of this model on
-this task" for all of them.
+this task" for all of them. Task models are scored by their own heads:
+GLUE classifiers and the STS-B regressor (:mod:`.heads`), and SQuAD exact
+match and F1 of a ``*ForQuestionAnswering`` model's span predictions
+(:mod:`.squad`).
 
 Functions that run the model put it in eval mode for their duration and restore
 the previous mode; loops over many batches show a tqdm bar, which
@@ -17,9 +20,11 @@ from __future__ import annotations
 
 from .decoders import CPU_MAX_TOKENS, decoder_perplexity, perplexity
 from .efficiency import count_parameters, latency, measured_flops
+from .heads import HEAD_METRICS, LabelMismatchError, glue_scores, head_kind, head_metrics, label_map
+from .squad import load_squad, normalize_answer, squad_metrics, squad_predictions, squad_scores
 from .encoders import STSB_HALVES, mean_pooled_embeddings, stsb_spearman
 from .probe import DEFAULT_L2, PROBE_TASKS, Probe, fit_probe, probe_metrics
-from .tasks import DECODER_TASKS, EVAL_TASKS, check_task, evaluate_model, evaluate_task, task_metrics
+from .tasks import DECODER_TASKS, EVAL_TASKS, check_task, evaluate_model, evaluate_task, scored_by, task_metrics
 
 # the private helpers keep the address they had when this was one module (statlab/evaluate.py);
 # patch them where they live (statlab.evaluate.encoders._embed_pairs, ...), not here
@@ -37,6 +42,18 @@ from .probe import (  # noqa: F401
 
 __all__ = [
     "CPU_MAX_TOKENS",
+    "HEAD_METRICS",
+    "LabelMismatchError",
+    "glue_scores",
+    "head_kind",
+    "head_metrics",
+    "label_map",
+    "load_squad",
+    "normalize_answer",
+    "scored_by",
+    "squad_metrics",
+    "squad_predictions",
+    "squad_scores",
     "DECODER_TASKS",
     "DEFAULT_L2",
     "EVAL_TASKS",

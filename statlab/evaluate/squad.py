@@ -184,7 +184,9 @@ def load_squad(split: str = "validation", *, version_2: bool = False, path=None)
         answers.
     path : str or os.PathLike, optional
         A JSON file in the official format (``dev-v1.1.json``,
-        ``dev-v2.0.json``), read instead of the hub.
+        ``dev-v2.0.json``), read instead of the hub. Default: the official
+        file name under ``$STATLAB_DATA_DIR/squad/`` when it is there, else
+        the hub.
 
     Returns
     -------
@@ -206,12 +208,23 @@ def load_squad(split: str = "validation", *, version_2: bool = False, path=None)
     if split not in SQUAD_SPLITS:
         raise ValueError(f"unknown SQuAD split {split!r}; valid splits: {', '.join(SQUAD_SPLITS)} ('dev' too)")
     if path is None:
+        path = _offline_copy(split, version_2)
+    if path is None:
         hub = datasets.load_dataset(SQUAD_HUB[version_2], split=split)
         hub = hub.select_columns(list(SQUAD_FEATURES))
         return hub if hub.features == SQUAD_FEATURES else hub.cast(SQUAD_FEATURES)
     columns = _squad_columns(_read_json(Path(path)), Path(path))
     _check_rows(columns, Path(path), version_2)
     return datasets.Dataset.from_dict(columns, features=SQUAD_FEATURES)
+
+
+def _offline_copy(split: str, version_2: bool) -> Path | None:
+    """``$STATLAB_DATA_DIR/squad/<official file name>`` when that file is there, else None (the hub)."""
+    from statlab.data import data_dir
+
+    root = data_dir()
+    name = f"{'train' if split == 'train' else 'dev'}-v{'2.0' if version_2 else '1.1'}.json"
+    return root / "squad" / name if root is not None and (root / "squad" / name).is_file() else None
 
 
 def _read_json(path: Path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statlab.calibration import DEFAULT_WINDOW, cost_seq_len
+from statlab.calibration import DEFAULT_WINDOW, QA_TASKS, cost_seq_len
 from statlab.costs import block_macs
 from statlab.plan import PruningPlan
 
@@ -42,8 +42,13 @@ def check_task(model, task: str, name: str | None = None) -> None:
                              f"({', '.join(HEAD_METRICS)}), not on {task}")
         return
     if kind == "question-answering":
-        raise ValueError(f"{name} is a question-answering model: score it on SQuAD "
-                         "(statlab.evaluate.squad.squad_metrics)")
+        if task not in QA_TASKS:
+            raise ValueError(f"{name} is a question-answering model ({type(model).__name__}), scored by its own "
+                             f"head on {' or '.join(QA_TASKS)}, not on {task}")
+        return
+    if task in QA_TASKS:
+        raise ValueError(f"task {task} is scored by a question-answering model's own head, and {name} is a "
+                         f"{type(model).__name__}: give a *ForQuestionAnswering checkpoint")
     if task in HEAD_METRICS and task not in EVAL_TASKS:
         raise ValueError(f"task {task} is scored by a fine-tuned task model's own head, and {name} is a bare "
                          f"{model_type} model: give a *ForSequenceClassification checkpoint fine-tuned for {task}")
@@ -126,6 +131,10 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
     check_task(model, task)
     if head_kind(model) == "sequence-classification":
         return head_metrics(model, tokenizer, task, limit=limit)
+    if head_kind(model) == "question-answering":
+        from .squad import squad_metrics
+
+        return {**squad_metrics(model, tokenizer, version_2=task == "squad_v2", limit=limit), "scored_by": "head"}
     if task == "wikitext2":
         return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
     metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
