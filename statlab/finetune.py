@@ -84,12 +84,12 @@ def finetune(model_name: str, task: str, out, *, steps: int | None = None, seed:
     -------
     FinetuneResult
     """
-    settings = FinetuneSettings(model_name, task, DEFAULT_STEPS.get(task, 300) if steps is None else steps, seed, **options)
+    from statlab.evaluate.heads import head_metrics  # before the training: nothing after it may fail to import
+
+    settings = _settings(model_name, task, steps, seed, options)
     _check_settings(settings)
     out = _check_out(out)
     model, tokenizer, examples, seconds = _train(settings, disable_progress)
-    from statlab.evaluate.heads import head_metrics
-
     dev = head_metrics(model, tokenizer, task, max_length=settings.max_length, disable_progress=disable_progress)
     result = FinetuneResult(out, settings, seconds, examples, dev)
     _write(model, tokenizer, result)
@@ -105,7 +105,7 @@ def cached_finetune(model_name: str, task: str, *, steps: int | None = None, see
     ``$STATLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/statlab``, else
     ``~/.cache/statlab`` — never inside the repository.
     """
-    settings = FinetuneSettings(model_name, task, DEFAULT_STEPS.get(task, 300) if steps is None else steps, seed, **options)
+    settings = _settings(model_name, task, steps, seed, options)
     key = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir else cache_root()
     out = root / "finetuned" / f"{Path(model_name).name}-{task}-{key}"
@@ -129,6 +129,11 @@ def read_record(directory) -> dict | None:
     """The record a fine-tune wrote beside its model (settings, time, dev metrics), or None."""
     path = Path(directory) / FINETUNE_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _settings(model_name, task, steps, seed, options) -> FinetuneSettings:
+    steps = DEFAULT_STEPS.get(task, 300) if steps is None else steps
+    return FinetuneSettings(model_name, task, steps, seed, **options)
 
 
 def _check_settings(settings: FinetuneSettings) -> None:
