@@ -281,16 +281,10 @@ class SelectionError(ValueError):
 
 
 def _checked_selection(selection, module: ModuleStats, k: int, method: str) -> Selection:
-    """``selection`` as a :class:`Selection` whose shapes fit ``module`` at ``k`` units, or :class:`SelectionError`.
-
-    A plain ``(units, w_out)`` pair (the protocol before :class:`Selection`) is
-    accepted as a Selection without bias or input rows.
-    """
+    """``selection`` as a :class:`Selection` whose shapes fit ``module`` at ``k`` units, or :class:`SelectionError`."""
     where = f"method {method!r}, layer {module.layer} {module.kind}"
     if not isinstance(selection, Selection):
-        if not (isinstance(selection, tuple) and len(selection) == 2):
-            raise SelectionError(f"{where}: select() must return a Selection, got {type(selection).__name__}")
-        selection = Selection(*selection)
+        raise SelectionError(f"{where}: select() must return a Selection, got {type(selection).__name__}")
     units = [int(u) for u in selection.units]
     if len(units) != k or len(set(units)) != k or any(not 0 <= u < module.units for u in units):
         raise SelectionError(f"{where}: {len(units)} kept units {units[:8]} for a size of {k} distinct units "

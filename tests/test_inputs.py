@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import copy
 
 import pytest
@@ -206,8 +208,8 @@ class _Broken(Magnitude):
         self.factor = factor
 
     def select(self, module, k):
-        units, weight = super().select(module, k)
-        return units, weight * (self.factor if module.layer == 1 else 1.0)
+        selection = super().select(module, k)
+        return replace(selection, w_out=selection.w_out * (self.factor if module.layer == 1 else 1.0))
 
 
 def test_non_finite_output_map_names_the_module_and_restores_the_mode():

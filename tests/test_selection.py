@@ -28,7 +28,8 @@ class _Extra(Magnitude):
         self.bias, self.rows, self.spoil = bias, rows, spoil
 
     def select(self, module, k):
-        units, w_out = super().select(module, k)
+        chosen = super().select(module, k)
+        units, w_out = chosen.units, chosen.w_out
         g = torch.Generator().manual_seed(17 * module.layer + (module.kind == "mlp"))
         b_out = 0.1 * torch.randn(w_out.shape[0], generator=g, dtype=torch.float64) if self.bias else None
         w_in_rows = None
@@ -96,10 +97,9 @@ def test_methods_setting_neither_store_only_the_output_maps():
     assert sorted(plan.tensors) == sorted(f"layer.{i}.{p}_out.weight" for i in range(2) for p in ("attn", "mlp"))
 
 
-def test_selection_iterates_as_its_two_field_view():
-    w = torch.zeros(3, 2)
-    units, w_out = Selection([1, 0], w, b_out=torch.zeros(3))
-    assert units == [1, 0] and w_out is w
+def test_selection_is_not_a_pair():
+    with pytest.raises(TypeError):
+        units, w_out = Selection([1, 0], torch.zeros(3, 2))  # fields are read by name: b_out must not be lost
 
 
 def _replace(**fields):
@@ -120,6 +120,7 @@ def _replace(**fields):
     (_replace(w_in_rows=lambda s, m: (s.w_in_rows[0][1:],) + s.w_in_rows[1:]), SelectionError,
      r"layer 1 attention: w_in_rows\[0\] has shape"),
     (_replace(units=lambda s, m: s.units[:-1]), SelectionError, r"layer 1 attention: .* kept units"),
+    (lambda s, m: (s.units, s.w_out), SelectionError, r"layer 1 attention: select\(\) must return a Selection, got tuple"),
     (_replace(b_out=lambda s, m: torch.full((s.w_out.shape[0],), float("nan"))), NonFiniteWeightError,
      r"layer 1 attention: the new output bias has NaN/Inf"),
     (_replace(w_in_rows=lambda s, m: tuple(w * float("nan") for w in s.w_in_rows)), NonFiniteWeightError,

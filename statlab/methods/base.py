@@ -130,19 +130,12 @@ class Selection:
         (``W_Q, W_K, W_V`` / ``W1`` or ``gate, up``), each of shape
         (k · rows_per_unit, d): the rows of the kept units, in the order of
         ``units``. None keeps those rows as they are. Their biases are kept.
-
-    Iterating gives the two-field view ``(units, w_out)``, so
-    ``units, w_out = method.select(module, k)`` reads the kept units and the
-    output map (and ignores ``b_out`` and ``w_in_rows``).
     """
 
     units: list
     w_out: torch.Tensor
     b_out: torch.Tensor | None = None
     w_in_rows: tuple | None = None
-
-    def __iter__(self):
-        return iter((self.units, self.w_out))
 
 
 @dataclass
