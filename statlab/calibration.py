@@ -13,6 +13,8 @@ DEFAULT_CALIBRATION_SOURCE = {"stsb": "mrpc", "sst2": "sst2", "mrpc": "mrpc", "w
 GLUE_TASKS = ("sst2", "mrpc", "stsb", "qnli", "rte", "qqp", "cola", "mnli")  # tasks of fine-tuned task models
 QA_TASKS = ("squad", "squad_v2")  # question-answering task models (SQuAD v1.1, v2.0)
 QA_SEQ_LEN = 384  # question + context tokens per window, the SQuAD protocol
+# perplexity corpora (statlab.corpora); "text" is a text file's
+PERPLEXITY_TASKS = ("wikitext2", "ptb", "c4", "text")
 EVAL_SEQ_LEN = 128
 DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
 DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
@@ -21,7 +23,7 @@ CPU_MAX_TOKENS = 32768  # perplexity on the CPU: the first whole windows up to t
 
 
 def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_length=128, batch_size=64,
-                        window=DEFAULT_WINDOW, task_model=False):
+                        window=DEFAULT_WINDOW, task_model=False, corpus=None):
     """Tokenised calibration batches for ``task`` and a description of them.
 
     Parameters
@@ -52,6 +54,15 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
         ``labels`` in the batches for the methods that use them
         (:func:`statlab.data.task_calibration_batches`). ``source`` must then
         be the task or None.
+    corpus : statlab.corpora.Corpus, optional
+        Calibrate on this text instead (a file, a dataset split: see
+        :mod:`statlab.corpora`), never together with ``source``. Encoder
+        tasks: ``size`` of its distinct examples, drawn as the task's sentences
+        are; ``wikitext2``: its running text cut into ``window``-token windows,
+        ``size`` of them drawn as WikiText-2 validation's are
+        (:func:`statlab.corpora.sample_windows`). A ``size`` left at its
+        default takes all the corpus has when it holds fewer; one given
+        explicitly must be there.
 
     Returns
     -------
@@ -60,8 +71,9 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
         ``T <= max_length``. ``wikitext2``: ``input_ids`` of shape (B, window).
     description : dict
         ``source``, ``examples``, ``tokens`` (non-padding tokens in all
-        batches), ``seed`` and ``max_length`` or ``window``; recorded in the
-        plan's metadata.
+        batches), ``seed`` and ``max_length`` or ``window``; with ``corpus``,
+        also ``corpus`` (its :attr:`~statlab.corpora.Corpus.source`: a file's
+        path, bytes and SHA-256). Recorded in the plan's metadata.
     """
     if task not in DEFAULT_CALIBRATION_SOURCE and not task_model:
         raise ValueError(f"unknown task {task!r}; calibration is defined for {', '.join(sorted(DEFAULT_CALIBRATION_SOURCE))}")
@@ -71,6 +83,11 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
             raise ValueError(f"calibration {name} must be an integer >= {low} (None for the default), got {value!r}")
     from statlab.data import calibration_texts, calibration_windows, tokenize_batches
 
+    if corpus is not None:
+        if source is not None:
+            raise ValueError(f"calibrate on a corpus ({corpus.name}) or on a source ({source}), not both")
+        return _corpus_batches(tokenizer, task, corpus, size=size, seed=seed, max_length=max_length,
+                               batch_size=batch_size, window=window)
     if task == "wikitext2":
         size = DEFAULT_CALIBRATION_WINDOWS if size is None else size
         batches = calibration_windows(tokenizer, size, window=window, seed=seed)
@@ -119,18 +136,49 @@ def _squad_calibration(tokenizer, task, size, *, seed, batch_size):
                      "max_length": QA_SEQ_LEN, "seed": seed}
 
 
+def _corpus_batches(tokenizer, task, corpus, *, size, seed, max_length, batch_size, window):
+    """:func:`calibration_batches` from a :class:`statlab.corpora.Corpus`."""
+    import numpy as np
+
+    from statlab.corpora import sample_windows, text_windows
+    from statlab.data import tokenize_batches
+
+    decoder = task == "wikitext2"
+    if decoder:
+        pool = text_windows(tokenizer, corpus.text, window=window, name=corpus.name)  # (W, window)
+        available, unit = pool.shape[0], f"windows of {window} tokens"
+    else:
+        pool = list(dict.fromkeys(corpus.examples))  # distinct examples, in order
+        available, unit = len(pool), "distinct examples"
+    default = DEFAULT_CALIBRATION_WINDOWS if decoder else DEFAULT_CALIBRATION_SIZE
+    if size is not None and size > available:
+        raise ValueError(f"{size} calibration {unit} requested; {corpus.name} holds {available}: ask for fewer"
+                         + (" or shorter windows" if decoder else ""))
+    size = min(default, available) if size is None else size
+    described = {"source": f"{corpus.name} windows" if decoder else corpus.name, "examples": size, "seed": seed,
+                 "corpus": corpus.source}
+    if decoder:
+        batches = sample_windows(pool, size, seed=seed)
+        return batches, {**described, "window": window, "tokens": size * window}
+    picks = np.random.default_rng(seed).choice(available, size=size, replace=False)  # as calibration_texts draws
+    texts = sorted((pool[i] for i in picks), key=len)  # similar lengths in a batch waste less on padding
+    batches = tokenize_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return batches, {**described, "tokens": tokens, "max_length": max_length}
+
+
 def cost_seq_len(task, window=DEFAULT_WINDOW):
     """The reference length of the MAC model.
 
     Parameters
     ----------
-    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    task : {"stsb", "sst2", "mrpc", "wikitext2", "ptb", "c4", "text"}
     window : int
-        The perplexity window of ``wikitext2``.
+        The perplexity window of the decoder tasks (:data:`PERPLEXITY_TASKS`).
 
     Returns
     -------
     int
-        ``window`` for ``wikitext2``, else :data:`EVAL_SEQ_LEN`.
+        ``window`` for a perplexity task, else :data:`EVAL_SEQ_LEN`.
     """
-    return window if task == "wikitext2" else QA_SEQ_LEN if task in QA_TASKS else EVAL_SEQ_LEN
+    return window if task in PERPLEXITY_TASKS else QA_SEQ_LEN if task in QA_TASKS else EVAL_SEQ_LEN

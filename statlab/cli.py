@@ -48,6 +48,7 @@ def run_prune(args) -> dict:
 
     say = _report(args)
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
+    corpus = _calibration_corpus(args)  # a bad file is refused before the model loads
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
 
@@ -57,7 +58,7 @@ def run_prune(args) -> dict:
         check_task(model, args.task, args.model)
     batches, calib = calibration_batches(tokenizer, args.task, size=args.calibration_size,
                                          source=args.calibration_source, seed=args.seed, window=args.window,
-                                         task_model=task_model)
+                                         task_model=task_model, corpus=corpus)
     n_units = max(b.mlp_units for b in statlab.models.get_adapter(model).blocks(model))
     say(f"calibration: {calib['examples']} {calib['source']} examples, {calib['tokens']} tokens "
         f"({calib['tokens'] / n_units:.1f} per MLP neuron)")
@@ -85,16 +86,36 @@ def run_prune(args) -> dict:
             "method": args.method, "calibration": calib}
 
 
+def _calibration_corpus(args):
+    """The text of ``--calibration-file`` (with ``--text-field``) or ``--calibration-dataset``, or None."""
+    from statlab import corpora
+
+    if args.text_field and not args.calibration_file:
+        raise ValueError("--text-field names the field of a --calibration-file .jsonl; a --calibration-dataset "
+                         "names its column as NAME[:CONFIG]:SPLIT:COLUMN")
+    if args.calibration_file:
+        return corpora.read_file(args.calibration_file, text_field=args.text_field)
+    if args.calibration_dataset:
+        return corpora.load_dataset_corpus(args.calibration_dataset)
+    return None
+
+
 def run_eval(args) -> dict:
+    from statlab import corpora
     from statlab.evaluate import evaluate_model
 
     say = _report(args)
-    result = evaluate_model(args.model, args.task, limit=args.limit, seed=args.seed, window=args.window,
-                            max_tokens=args.max_tokens)
+    if args.text_field and not args.text_file:
+        raise ValueError("--text-field names the field of a --text-file .jsonl")
+    corpus = corpora.read_file(args.text_file, text_field=args.text_field) if args.text_file else None
+    task = "text" if corpus is not None else args.task
+    result = evaluate_model(args.model, task, limit=args.limit, seed=args.seed, window=args.window,
+                            max_tokens=args.max_tokens, corpus=corpus, allow_overlap=args.allow_overlap)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
-    say(f"{args.model} on {args.task}: {shown}")
-    if args.task == "wikitext2" and result["metrics"]["max_tokens"] is not None:
-        say(f"(first {result['metrics']['tokens']} predicted tokens of the test split: --max-tokens "
+    name = args.text_file or args.task
+    say(f"{args.model} on {name}: {shown}")
+    if "perplexity" in result["metrics"] and result["metrics"]["max_tokens"] is not None:
+        say(f"(first {result['metrics']['tokens']} predicted tokens of {name}: --max-tokens "
             f"{result['metrics']['max_tokens']}; --max-tokens 0 evaluates all of it)")
     say(f"MACs per {result['seq_len']}-token sequence (attention + MLP blocks): {result['macs'] / 1e6:.1f} M of "
         f"{result['dense_macs'] / 1e6:.1f} M dense ({result['macs'] / result['dense_macs']:.1%}); "
@@ -110,7 +131,8 @@ def run_compare(args) -> dict:
         raise ValueError(f"--plot {args.plot} is a directory; give the PNG file to write")
     result = compare.compare(args.model, args.task, args.methods, args.budgets,
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
-                             max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say)
+                             max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say,
+                             corpus=_calibration_corpus(args))
     result["command"] = "statlab " + shlex.join(args.argv)
     if args.checkpoint:
         compare.save(result, args.checkpoint)
@@ -214,6 +236,32 @@ def _budgets(text: str) -> list[float]:
     return values
 
 
+def _dataset_spec(text: str) -> str:
+    """``--calibration-dataset``: a ``NAME[:CONFIG]:SPLIT[:COLUMN]`` that parses (kept as given)."""
+    from statlab.corpora import CorpusError, parse_dataset_spec
+
+    try:
+        parse_dataset_spec(text)
+    except CorpusError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _add_calibration_text(parser, *, exclusive_with_source: bool):
+    """``--calibration-file``, ``--calibration-dataset``, ``--text-field`` (and ``--calibration-source`` beside them)."""
+    group = parser.add_mutually_exclusive_group()
+    if exclusive_with_source:
+        group.add_argument("--calibration-source", choices=["sst2", "mrpc", "wikitext2"],
+                           help="where calibration text comes from (default: per task, see README)")
+    group.add_argument("--calibration-file", metavar="FILE",
+                       help="calibrate on this text: .txt (encoders: one example per non-empty line; wikitext2: the "
+                            "file as running text cut into --window-token windows) or .jsonl (a 'text' field per line)")
+    group.add_argument("--calibration-dataset", type=_dataset_spec, metavar="NAME[:CONFIG]:SPLIT[:COLUMN]",
+                       help="calibrate on a column (default 'text') of a datasets split, e.g. "
+                            "Salesforce/wikitext:wikitext-2-raw-v1:train:text (needs a network)")
+    parser.add_argument("--text-field", help="the field of a .jsonl --calibration-file holding the text (default text)")
+
+
 def _max_tokens(value: str):
     """``--max-tokens``: a positive count, 0 for all tokens, or ``auto`` (CPU default, all on a GPU)."""
     if value == "auto":
@@ -248,8 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_CALIBRATION_WINDOWS})")
     p.add_argument("--window", type=_window, default=DEFAULT_WINDOW,
                    help=f"wikitext2: tokens per calibration window and MAC reference length (default {DEFAULT_WINDOW})")
-    p.add_argument("--calibration-source", choices=["sst2", "mrpc", "wikitext2"],
-                   help="where calibration text comes from (default: per task, see README)")
+    _add_calibration_text(p, exclusive_with_source=True)
     p.add_argument("--ridge", type=_ridge, default=0.0, help="relative ridge of the corrections, >= 0")
     p.add_argument("--one-pass", action="store_true", help="do not propagate through pruned layers")
     p.add_argument("--seed", type=_seed, default=0)
@@ -259,14 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model or a saved plan")
     e.add_argument("model", help="a model name/path or a plan directory")
-    e.add_argument("--task", required=True, choices=_TASKS)
+    scored = e.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--task", choices=sorted(set(_TASKS) | {"ptb", "c4"}),
+                        help="ptb: Penn Treebank test sentences joined with spaces; c4: the first 256 windows of "
+                             "seeded-shuffled documents of C4's first en validation shard (both need a network)")
+    scored.add_argument("--text-file", metavar="FILE",
+                        help="perplexity of any text (causal LMs): .txt as running text, or .jsonl text fields joined "
+                             "by blank lines; windowed and counted as WikiText-2; size and SHA-256 in the JSON")
+    e.add_argument("--text-field", help="the field of a .jsonl --text-file holding the text (default text)")
+    e.add_argument("--allow-overlap", action="store_true",
+                   help="score a plan on the very file it was calibrated on (refused by default)")
     e.add_argument("--limit", type=_count, help="evaluate on this many dev examples only")
     e.add_argument("--window", type=_window, default=DEFAULT_WINDOW,
                    help=f"wikitext2: perplexity window in tokens (default {DEFAULT_WINDOW}; 2048 in the Llama-2 protocol)")
     e.add_argument("--max-tokens", type=_max_tokens, default="auto",
                    help=f"wikitext2: evaluate the first whole windows up to this many tokens (default "
                         f"{CPU_MAX_TOKENS} on CPU, all on GPU; 0: all)")
-    e.add_argument("--seed", type=_seed, default=0, help="seed of the probe (sst2, mrpc)")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the probe (sst2, mrpc) or of C4's document order")
     e.set_defaults(func=run_eval)
 
     c = sub.add_parser("compare", parents=[common], help="every method at every MAC budget on one task: table, JSON, plot")
@@ -277,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budgets", type=_budgets, default=[0.8, 0.6, 0.5],
                    help="comma-separated MAC fractions kept, each in (0, 1]")
     c.add_argument("--calibration-size", type=_count, help="sentences (encoders) or windows (wikitext2)")
+    _add_calibration_text(c, exclusive_with_source=False)
     c.add_argument("--window", type=_window, default=DEFAULT_WINDOW)
     c.add_argument("--max-tokens", type=_max_tokens, default="auto")
     c.add_argument("--limit", type=_count, help="encoder tasks: evaluate on this many dev examples only")

@@ -22,7 +22,7 @@ HEADLINE = {"stsb": ("spearman", True), "sst2": ("accuracy", True), "mrpc": ("f1
 
 
 def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0, window=512,
-            max_tokens="auto", limit=None, checkpoint=None, say=print) -> dict:
+            max_tokens="auto", limit=None, checkpoint=None, say=print, corpus=None) -> dict:
     """Prune ``model_name`` with every method at every MAC budget; evaluate each on ``task``.
 
     Parameters
@@ -41,6 +41,9 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         holds a comparison with the same model, task, calibration and
         evaluation settings, its finished runs are kept and not repeated: an
         interrupted comparison resumes where it stopped.
+    corpus : statlab.corpora.Corpus, optional
+        Calibrate on this text (a file, a dataset split) instead of the task's
+        default source (:func:`statlab.calibration.calibration_batches`).
 
     Returns
     -------
@@ -72,7 +75,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     seq_len = cost_seq_len(task, window)
     task_model = head_kind(dense) is not None  # scored by its own head, calibrated on its task's training examples
     batches, calib = calibration_batches(tokenizer, task, size=calibration_size, seed=seed, window=window,
-                                         task_model=task_model)
+                                         task_model=task_model, corpus=corpus)
     probe = None
     if task in ("sst2", "mrpc") and not task_model:
         from statlab.evaluate import fit_probe

@@ -1,8 +1,9 @@
 """One entry point per question: the metrics of a model on a task, and its costs beside them.
 
 :func:`evaluate_task` scores an encoder (STS-B, or SST-2 / MRPC through a
-probe), :func:`task_metrics` adds WikiText-2 perplexity for decoders, and
-:func:`evaluate_model` loads a model name/path or a saved plan first (what
+probe), :func:`task_metrics` adds perplexity for decoders (WikiText-2, PTB,
+C4 or any text, :mod:`statlab.corpora`), and :func:`evaluate_model` loads a
+model name/path or a saved plan first, on a device and in a dtype (what
 ``statlab eval`` runs).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statlab.calibration import DEFAULT_WINDOW, QA_TASKS, cost_seq_len
+from statlab.calibration import DEFAULT_WINDOW, PERPLEXITY_TASKS, QA_TASKS, cost_seq_len
 from statlab.costs import block_macs
 from statlab.plan import PruningPlan
 
@@ -21,14 +22,14 @@ from .heads import HEAD_METRICS, head_kind, head_metrics
 from .probe import PROBE_TASKS, Probe, fit_probe, probe_metrics
 
 EVAL_TASKS = ("stsb", "sst2", "mrpc")
-DECODER_TASKS = ("wikitext2",)
+DECODER_TASKS = PERPLEXITY_TASKS  # "text": a text file's perplexity (corpus=)
 
 
 def check_task(model, task: str, name: str | None = None) -> None:
     """Refuse a task the model cannot be scored on, before any work.
 
-    Perplexity (``wikitext2``) needs a causal LM; ``stsb``, ``sst2`` and
-    ``mrpc`` score an encoder's embeddings.
+    Perplexity (``wikitext2``, ``ptb``, ``c4``, ``text``) needs a causal LM;
+    ``stsb``, ``sst2`` and ``mrpc`` score an encoder's embeddings.
     """
     from statlab.models.loading import DECODER_TYPES
 
@@ -108,19 +109,25 @@ def evaluate_task(
     return {"task": task, **probe_metrics(model, tokenizer, probe, **options)}
 
 
-def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAULT_WINDOW, max_tokens="auto"):
+def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAULT_WINDOW, max_tokens="auto",
+                 corpus=None, seed=0):
     """The metrics of an in-memory model on ``task``.
 
     Parameters
     ----------
     model, tokenizer : transformers encoder or causal LM and its tokenizer
-    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    task : {"stsb", "sst2", "mrpc", "wikitext2", "ptb", "c4", "text"}
     probe : Probe, optional
         Required for ``sst2`` and ``mrpc``; fitted on the dense model.
     limit : int, optional
         Encoder tasks: evaluate only ``limit`` dev examples spread evenly over the set.
     window, max_tokens
-        ``wikitext2``: as in :func:`statlab.evaluate.decoders.decoder_perplexity`.
+        Perplexity tasks: as in :func:`statlab.evaluate.decoders.decoder_perplexity`.
+    corpus : statlab.corpora.Corpus, optional
+        ``text``: the text (required); the other perplexity tasks load theirs
+        (:func:`statlab.corpora.corpus_for_task`) when it is None.
+    seed : int
+        ``c4``: the seed of the document order.
 
     Returns
     -------
@@ -135,18 +142,21 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
         from .squad import squad_metrics
 
         return {**squad_metrics(model, tokenizer, version_2=task == "squad_v2", limit=limit), "scored_by": "head"}
-    if task == "wikitext2":
-        return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens)
+    if task in DECODER_TASKS:
+        corpus = _perplexity_corpus(task, corpus, tokenizer, window, seed)
+        return decoder_perplexity(model, tokenizer, window=window, max_tokens=max_tokens, corpus=corpus)
     metrics = evaluate_task(model, tokenizer, task, probe=probe, limit=limit)
     metrics.pop("task", None)
     return metrics
 
 
-def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WINDOW, max_tokens="auto"):
+def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WINDOW, max_tokens="auto",
+                   corpus=None, allow_overlap=False, device=None, dtype=None, precision="fp32"):
     """Metrics and costs of a model name/path or a saved plan directory (what ``statlab eval`` runs).
 
-    A plan directory loads its base model, takes the probe saved beside the plan
-    (``probe-<task>``) or fits one on the dense model, then applies the plan.
+    A plan directory loads its base model in the dtype the plan was made on,
+    takes the probe saved beside the plan (``probe-<task>``) or fits one on the
+    dense model, applies the plan, then converts to ``dtype``.
 
     Parameters
     ----------
@@ -154,34 +164,60 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         A short name, hub id or model directory
         (:func:`statlab.models.loading.load_model`), or a directory holding a
         ``plan.json``.
-    task : {"stsb", "sst2", "mrpc", "wikitext2"}
+    task : {"stsb", "sst2", "mrpc", "wikitext2", "ptb", "c4", "text"}
     limit : int, optional
         Encoder tasks: evaluate only ``limit`` dev examples.
     seed : int
-        Seed of the probe fitted when none is saved (sst2, mrpc).
+        Seed of the probe fitted when none is saved (sst2, mrpc); of C4's document order (c4).
     window, max_tokens
-        ``wikitext2``: perplexity over the first whole ``window``-token windows
-        of the test split up to ``max_tokens`` (``"auto"``: ``CPU_MAX_TOKENS``
-        on the CPU, the whole split on a GPU; None: the whole split); the
-        metrics say how many tokens.
+        Perplexity tasks: the first whole ``window``-token windows of the
+        corpus up to ``max_tokens`` (``"auto"``: ``CPU_MAX_TOKENS`` on the CPU,
+        the whole corpus on a GPU; None: the whole corpus); the metrics say how
+        many tokens.
+    corpus : statlab.corpora.Corpus, optional
+        ``text``: the text to score (e.g. :func:`statlab.corpora.read_file`).
+    allow_overlap : bool
+        Score a plan on the very file it was calibrated on (same SHA-256);
+        refused by default, since calibration text flatters the pruned model.
+    device : str or torch.device, optional
+        Where the model runs (default: where it loads, the CPU).
+    dtype : torch.dtype, optional
+        The model's dtype; default fp32, or a plan's own dtype.
+    precision : {"fp32", "tf32"}
+        fp32 matrix products of the forward passes, or TF32 tensor cores on
+        CUDA (:func:`statlab.fast.gram.matmul_precision`; a no-op on the CPU).
 
     Returns
     -------
     dict
         ``task``, ``metrics`` (of :func:`task_metrics`), ``macs`` and
         ``dense_macs`` (attention + MLP blocks, one ``seq_len``-token
-        sequence), ``params``, ``dense_params`` and ``seq_len``
-        (:func:`statlab.calibration.cost_seq_len`).
+        sequence), ``params``, ``dense_params``, ``seq_len``
+        (:func:`statlab.calibration.cost_seq_len`), ``device``, ``dtype``,
+        and for perplexity tasks ``corpus`` (its
+        :attr:`~statlab.corpora.Corpus.source`: a file's path, bytes and SHA-256).
     """
+    import torch
+
+    from statlab.fast.gram import PRECISIONS, matmul_precision
     from statlab.models.loading import load_model  # transformers loads only when a model does
 
+    if precision not in PRECISIONS or precision == "fp64":
+        raise ValueError(f"evaluation precision must be fp32 or tf32, got {precision!r}")
+    if task == "text":
+        _perplexity_corpus(task, corpus, None, window, seed)  # a missing text is refused before any work
+    if corpus is not None and task not in DECODER_TASKS:
+        raise ValueError(f"a corpus ({corpus.name}) is perplexity text; task {task} does not take one")
     plan = None
     if (Path(model_or_dir) / "plan.json").exists():  # a damaged plan is reported as one, not as a model
         plan = PruningPlan.load(model_or_dir)
-        model, tokenizer = load_model(plan.meta["base"], quiet=True)
+        _check_overlap(plan, corpus, allow_overlap)
+        model, tokenizer = load_model(plan.meta["base"], dtype=getattr(torch, plan.meta["dtype"]), quiet=True)
     else:
-        model, tokenizer = load_model(model_or_dir, quiet=True)
+        model, tokenizer = load_model(model_or_dir, dtype=dtype, quiet=True)
     check_task(model, task, str(model_or_dir))
+    if device is not None:
+        model.to(device)
     seq_len = cost_seq_len(task, window)
     dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
     probe = None
@@ -190,10 +226,21 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
     if plan is not None:
         plan.apply(model)
-    metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window, max_tokens=max_tokens)
-    return {"task": task, "scored_by": scored_by(model, task), "metrics": metrics,
-            "macs": block_macs(model, seq_len), "dense_macs": dense_macs, "params": count_parameters(model),
-            "dense_params": dense_params, "seq_len": seq_len}
+        if dtype is not None:
+            model.to(dtype)
+    first = next(model.parameters())
+    if task in DECODER_TASKS:
+        corpus = _perplexity_corpus(task, corpus, tokenizer, window, seed)
+    with matmul_precision(precision, first.device):
+        metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
+                               max_tokens=max_tokens, corpus=corpus, seed=seed)
+    result = {"task": task, "scored_by": scored_by(model, task), "metrics": metrics,
+              "macs": block_macs(model, seq_len), "dense_macs": dense_macs, "params": count_parameters(model),
+              "dense_params": dense_params, "seq_len": seq_len, "device": str(first.device),
+              "dtype": str(first.dtype).removeprefix("torch.")}
+    if corpus is not None:
+        result["corpus"] = corpus.source
+    return result
 
 
 def scored_by(model, task: str) -> str:
@@ -201,4 +248,25 @@ def scored_by(model, task: str) -> str:
     probe on a bare encoder), ``"embeddings"`` (STS-B cosines) or ``"perplexity"``."""
     if head_kind(model) is not None:
         return "head"
-    return {"wikitext2": "perplexity", "stsb": "embeddings"}.get(task, "probe")
+    return "perplexity" if task in DECODER_TASKS else {"stsb": "embeddings"}.get(task, "probe")
+
+
+def _perplexity_corpus(task, corpus, tokenizer, window, seed):
+    """``corpus``, or the one ``task`` names (:func:`statlab.corpora.corpus_for_task`); ``text`` needs it given."""
+    if corpus is not None:
+        return corpus
+    if task == "text":
+        raise ValueError("task 'text' is the perplexity of a text you give: corpus=statlab.corpora.read_file(path)")
+    from statlab.corpora import corpus_for_task
+
+    return corpus_for_task(task, tokenizer, window=window, seed=seed)
+
+
+def _check_overlap(plan, corpus, allow_overlap):
+    """Refuse to score a plan on the file it was calibrated on, unless allowed."""
+    calibrated = (plan.meta.get("calibration") or {}).get("corpus") or {}
+    same = corpus is not None and calibrated.get("sha256") and calibrated["sha256"] == corpus.source.get("sha256")
+    if same and not allow_overlap:
+        raise ValueError(f"the plan was calibrated on this very text ({calibrated.get('path', corpus.name)}, "
+                         f"sha256 {calibrated['sha256'][:12]}...): its perplexity there flatters the pruned model; "
+                         "evaluate on other text, or pass --allow-overlap (allow_overlap=True) to score it anyway")
