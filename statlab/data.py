@@ -409,21 +409,11 @@ def token_windows(
     ValueError
         If the limits leave no whole window.
     """
-    if window < 2:
-        raise ValueError(f"window={window}: a perplexity window needs at least 2 tokens")
+    from statlab.corpora import text_windows  # the one windowing of any text
+
     text = "\n\n".join(load_task("wikitext2", split)["text"][:])
-    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]  # (T,)
-    count = ids.numel() // window
-    if max_tokens is not None:
-        count = min(count, max_tokens // window)
-    if n_windows is not None:
-        count = min(count, n_windows)
-    if count < 1:
-        raise ValueError(
-            f"no whole window of {window} tokens: the split has {ids.numel()} tokens, "
-            f"max_tokens={max_tokens}, n_windows={n_windows}; lower window or raise the limits."
-        )
-    return ids[: count * window].reshape(count, window)  # (W, window)
+    return text_windows(tokenizer, text, window=window, max_tokens=max_tokens, n_windows=n_windows,
+                        name=f"WikiText-2 {split}")  # (W, window)
 
 
 def calibration_windows(
@@ -455,9 +445,9 @@ def calibration_windows(
             f"{n_windows} calibration windows of {window} tokens requested; WikiText-2 validation holds "
             f"{pool.shape[0]}: ask for fewer or shorter windows"
         )
-    picks = np.sort(np.random.default_rng(seed).choice(pool.shape[0], size=n_windows, replace=False))
-    chosen = pool[torch.from_numpy(picks)]
-    return [{"input_ids": chunk} for chunk in chosen.split(batch_size)]
+    from statlab.corpora import sample_windows
+
+    return sample_windows(pool, n_windows, seed=seed, batch_size=batch_size)
 
 
 def _check_split(task: str, split: str) -> str:
