@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import sys
 import time
@@ -31,6 +32,8 @@ from statlab.calibration import (
 _TASKS = sorted(set(DEFAULT_CALIBRATION_SOURCE) | set(GLUE_TASKS) | set(QA_TASKS))
 # the names in statlab.methods.METHODS, spelled out so that `--help` need not import torch
 METHOD_NAMES = ("stat", "goa", "slimllm", "kwon", "flap", "activation", "magnitude", "random")
+DTYPES = ("float32", "bfloat16", "float16")
+GRAM_PRECISIONS = ("fp64", "fp32", "tf32")  # statlab.fast.gram.PRECISIONS
 
 
 def _report(args):
@@ -47,12 +50,14 @@ def run_prune(args) -> dict:
     from statlab.plan import check_output_dir
 
     say = _report(args)
+    device, dtype = _hardware(args)  # a machine without the device is told before any work
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
     corpus = _calibration_corpus(args)  # a bad file is refused before the model loads
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
 
-    model, tokenizer = load_model(args.model, quiet=True)
+    model, tokenizer = load_model(args.model, dtype=dtype, quiet=True)
+    model.to(device)
     task_model = head_kind(model) is not None  # its own head scores it; it calibrates on its task's examples
     if task_model or args.task in ("sst2", "mrpc"):  # the probe fitted here needs an encoder
         check_task(model, args.task, args.model)
@@ -71,6 +76,7 @@ def run_prune(args) -> dict:
     plan = statlab.prune(model, batches, mac_fraction=args.mac_fraction, sparsity=args.sparsity,
                          backend=args.backend, method=args.method, seed=args.seed,
                          propagate=not args.one_pass, ridge=args.ridge, seq_len=cost_seq_len(args.task, args.window),
+                         precision=args.precision,
                          base=model.name_or_path)  # absolute for a local model: the plan reloads from anywhere
     seconds = time.perf_counter() - start
     plan.meta["calibration"].update(calib)
@@ -80,10 +86,42 @@ def run_prune(args) -> dict:
     plot = Path(args.out) / "plan.png"
     plot_plan(plan, plot, title=f"statlab prune --model {args.model} --task {args.task} ({args.method}, {plan.meta['budget']})")
     kept = plan.kept_fraction()
-    say(f"pruned {args.model} with {args.method} in {seconds:.1f} s: {kept['heads']:.0%} of heads, "
-        f"{kept['neurons']:.0%} of neurons kept; plan in {args.out}, plot {plot}")
+    say(f"pruned {args.model} ({plan.meta['dtype']} on {device}, {args.precision} Grams) with {args.method} in "
+        f"{seconds:.1f} s: {kept['heads']:.0%} of heads, {kept['neurons']:.0%} of neurons kept; plan in {args.out}, "
+        f"plot {plot}")
     return {"out": str(args.out), "prune_seconds": seconds, "kept": kept, "budget": plan.meta["budget"],
-            "method": args.method, "calibration": calib}
+            "method": args.method, "calibration": calib, "device": str(device), "dtype": plan.meta["dtype"],
+            "precision": args.precision}
+
+
+def resolve_device(name: str):
+    """The :class:`torch.device` that ``--device name`` means on this machine.
+
+    ``auto`` is ``cuda`` where :func:`torch.cuda.is_available`, else ``cpu``.
+    ``cuda`` and ``cuda:N`` need CUDA and, for ``N``, that many devices; a
+    clear :class:`ValueError` otherwise.
+    """
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (torch.cuda.is_available() is "
+                         "False); use --device cpu, or --device auto for a GPU only where there is one")
+    count, index = torch.cuda.device_count(), int(name.partition(":")[2] or 0)
+    if index >= count:
+        raise ValueError(f"--device {name}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                         f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+    return torch.device(name)
+
+
+def _hardware(args):
+    """``(device, dtype)`` of ``--device`` and ``--dtype`` (dtype None where not given)."""
+    import torch
+
+    return resolve_device(args.device), None if args.dtype is None else getattr(torch, args.dtype)
 
 
 def _calibration_corpus(args):
@@ -105,15 +143,17 @@ def run_eval(args) -> dict:
     from statlab.evaluate import evaluate_model
 
     say = _report(args)
+    device, dtype = _hardware(args)
     if args.text_field and not args.text_file:
         raise ValueError("--text-field names the field of a --text-file .jsonl")
     corpus = corpora.read_file(args.text_file, text_field=args.text_field) if args.text_file else None
     task = "text" if corpus is not None else args.task
     result = evaluate_model(args.model, task, limit=args.limit, seed=args.seed, window=args.window,
-                            max_tokens=args.max_tokens, corpus=corpus, allow_overlap=args.allow_overlap)
+                            max_tokens=args.max_tokens, corpus=corpus, allow_overlap=args.allow_overlap,
+                            device=device, dtype=dtype, precision=args.precision)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
     name = args.text_file or args.task
-    say(f"{args.model} on {name}: {shown}")
+    say(f"{args.model} ({result['dtype']} on {result['device']}) on {name}: {shown}")
     if "perplexity" in result["metrics"] and result["metrics"]["max_tokens"] is not None:
         say(f"(first {result['metrics']['tokens']} predicted tokens of {name}: --max-tokens "
             f"{result['metrics']['max_tokens']}; --max-tokens 0 evaluates all of it)")
@@ -127,12 +167,13 @@ def run_compare(args) -> dict:
     from statlab import compare
 
     say = _report(args)
+    device, dtype = _hardware(args)
     if args.plot and Path(args.plot).is_dir():
         raise ValueError(f"--plot {args.plot} is a directory; give the PNG file to write")
     result = compare.compare(args.model, args.task, args.methods, args.budgets,
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
                              max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say,
-                             corpus=_calibration_corpus(args))
+                             corpus=_calibration_corpus(args), device=device, dtype=dtype, precision=args.precision)
     result["command"] = "statlab " + shlex.join(args.argv)
     if args.checkpoint:
         compare.save(result, args.checkpoint)
@@ -248,7 +289,7 @@ def _dataset_spec(text: str) -> str:
 
 
 def _add_calibration_text(parser, *, exclusive_with_source: bool):
-    """``--calibration-file``, ``--calibration-dataset``, ``--text-field`` (and ``--calibration-source`` beside them)."""
+    """``--calibration-file``, ``--calibration-dataset``, ``--text-field`` (and ``--calibration-source``)."""
     group = parser.add_mutually_exclusive_group()
     if exclusive_with_source:
         group.add_argument("--calibration-source", choices=["sst2", "mrpc", "wikitext2"],
@@ -260,6 +301,13 @@ def _add_calibration_text(parser, *, exclusive_with_source: bool):
                        help="calibrate on a column (default 'text') of a datasets split, e.g. "
                             "Salesforce/wikitext:wikitext-2-raw-v1:train:text (needs a network)")
     parser.add_argument("--text-field", help="the field of a .jsonl --calibration-file holding the text (default text)")
+
+
+def _device_name(text: str) -> str:
+    """``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the machine is asked when the command runs)."""
+    if text in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}")
 
 
 def _max_tokens(value: str):
@@ -280,9 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON object on stdout; the report goes to stderr")
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    hardware = argparse.ArgumentParser(add_help=False)  # prune, eval, compare
+    hardware.add_argument("--device", type=_device_name, default="cpu", metavar="{cpu,cuda,cuda:N,auto}",
+                          help="where the model runs: cpu (default), cuda, cuda:N, or auto (cuda where available)")
+    hardware.add_argument("--dtype", choices=DTYPES,
+                          help="the model's parameter dtype (default float32; eval of a plan: the plan's own)")
+    window_help = (f"perplexity and calibration windows of decoders, in tokens, and their MAC reference length "
+                   f"(default {DEFAULT_WINDOW}, the CPU stand-in; --window 2048 is the Llama-2 protocol)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", parents=[common], help="prune a model to a budget and save the plan")
+    p = sub.add_parser("prune", parents=[common, hardware], help="prune a model to a budget and save the plan")
     p.add_argument("--model", required=True, help="minilm, minilm-distilbert, smollm2, a hub id or a path")
     p.add_argument("--task", required=True, choices=_TASKS,
                    help="the probe/perplexity tasks, or a GLUE task / squad / squad_v2 for a fine-tuned task model")
@@ -294,17 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-size", type=_count,
                    help=f"calibration sentences (default {DEFAULT_CALIBRATION_SIZE}) or, for wikitext2, windows "
                         f"(default {DEFAULT_CALIBRATION_WINDOWS})")
-    p.add_argument("--window", type=_window, default=DEFAULT_WINDOW,
-                   help=f"wikitext2: tokens per calibration window and MAC reference length (default {DEFAULT_WINDOW})")
+    p.add_argument("--window", type=_window, default=DEFAULT_WINDOW, help=window_help)
     _add_calibration_text(p, exclusive_with_source=True)
     p.add_argument("--ridge", type=_ridge, default=0.0, help="relative ridge of the corrections, >= 0")
     p.add_argument("--one-pass", action="store_true", help="do not propagate through pruned layers")
+    p.add_argument("--precision", choices=GRAM_PRECISIONS, default="fp64",
+                   help="accumulation of the Grams: fp64 (default; CPU, A100/H100/H200), fp32, or tf32 (TF32 tensor "
+                        "cores on CUDA)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True,
                    help="directory for the plan: new, empty, or holding a plan (which is replaced)")
     p.set_defaults(func=run_prune)
 
-    e = sub.add_parser("eval", parents=[common], help="evaluate a model or a saved plan")
+    e = sub.add_parser("eval", parents=[common, hardware], help="evaluate a model or a saved plan")
     e.add_argument("model", help="a model name/path or a plan directory")
     scored = e.add_mutually_exclusive_group(required=True)
     scored.add_argument("--task", choices=sorted(set(_TASKS) | {"ptb", "c4"}),
@@ -317,15 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-overlap", action="store_true",
                    help="score a plan on the very file it was calibrated on (refused by default)")
     e.add_argument("--limit", type=_count, help="evaluate on this many dev examples only")
-    e.add_argument("--window", type=_window, default=DEFAULT_WINDOW,
-                   help=f"wikitext2: perplexity window in tokens (default {DEFAULT_WINDOW}; 2048 in the Llama-2 protocol)")
+    e.add_argument("--window", type=_window, default=DEFAULT_WINDOW, help=window_help)
     e.add_argument("--max-tokens", type=_max_tokens, default="auto",
-                   help=f"wikitext2: evaluate the first whole windows up to this many tokens (default "
+                   help=f"perplexity: evaluate the first whole windows up to this many tokens (default "
                         f"{CPU_MAX_TOKENS} on CPU, all on GPU; 0: all)")
+    e.add_argument("--precision", choices=("fp32", "tf32"), default="fp32",
+                   help="fp32 matrix products (default), or tf32 (TF32 tensor cores on CUDA)")
     e.add_argument("--seed", type=_seed, default=0, help="seed of the probe (sst2, mrpc) or of C4's document order")
     e.set_defaults(func=run_eval)
 
-    c = sub.add_parser("compare", parents=[common], help="every method at every MAC budget on one task: table, JSON, plot")
+    c = sub.add_parser("compare", parents=[common, hardware], help="every method at every MAC budget on one task: table, JSON, plot")
     c.add_argument("--model", required=True)
     c.add_argument("--task", required=True, choices=_TASKS)
     c.add_argument("--methods", type=_methods, default=list(METHOD_NAMES),
@@ -334,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated MAC fractions kept, each in (0, 1]")
     c.add_argument("--calibration-size", type=_count, help="sentences (encoders) or windows (wikitext2)")
     _add_calibration_text(c, exclusive_with_source=False)
-    c.add_argument("--window", type=_window, default=DEFAULT_WINDOW)
+    c.add_argument("--window", type=_window, default=DEFAULT_WINDOW, help=window_help)
     c.add_argument("--max-tokens", type=_max_tokens, default="auto")
+    c.add_argument("--precision", choices=GRAM_PRECISIONS, default="fp64", help="accumulation of the Grams (as prune)")
     c.add_argument("--limit", type=_count, help="encoder tasks: evaluate on this many dev examples only")
     c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--plot", help="save the metric-vs-budget plot here (PNG)")

@@ -22,7 +22,8 @@ HEADLINE = {"stsb": ("spearman", True), "sst2": ("accuracy", True), "mrpc": ("f1
 
 
 def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0, window=512,
-            max_tokens="auto", limit=None, checkpoint=None, say=print, corpus=None) -> dict:
+            max_tokens="auto", limit=None, checkpoint=None, say=print, corpus=None, device=None, dtype=None,
+            precision="fp64") -> dict:
     """Prune ``model_name`` with every method at every MAC budget; evaluate each on ``task``.
 
     Parameters
@@ -44,6 +45,12 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     corpus : statlab.corpora.Corpus, optional
         Calibrate on this text (a file, a dataset split) instead of the task's
         default source (:func:`statlab.calibration.calibration_batches`).
+    device : str or torch.device, optional
+        Where the models run (default the CPU, where they load).
+    dtype : torch.dtype, optional
+        The models' parameter dtype (default fp32).
+    precision : {"fp64", "fp32", "tf32"}
+        The Grams' accumulation (:func:`statlab.prune`).
 
     Returns
     -------
@@ -70,7 +77,9 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     if bad:
         raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
     saved = _read_checkpoint(checkpoint)  # a file that is no checkpoint is refused before any work
-    dense, tokenizer = load_model(model_name, quiet=True)
+    dense, tokenizer = load_model(model_name, quiet=True, **({} if dtype is None else {"dtype": dtype}))
+    if device is not None:
+        dense.to(device)
     check_task(dense, task, model_name)
     seq_len = cost_seq_len(task, window)
     task_model = head_kind(dense) is not None  # scored by its own head, calibrated on its task's training examples
@@ -90,6 +99,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     settings = {"model": model_name, "task": task, "scored_by": scored_by(dense, task), "calibration": calib,
                 "seq_len": seq_len,
                 "evaluation": {"limit": limit, "window": window, "max_tokens": max_tokens}}
+    settings.update({"dtype": str(next(dense.parameters()).dtype).removeprefix("torch."), "precision": precision})
     result = _resumed(saved, checkpoint, settings, say)
     if result is None:
         say(f"calibration: {calib['examples']} {calib['source']} ({calib['tokens']} tokens); evaluating dense")
@@ -101,7 +111,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         model = copy.deepcopy(dense)
         start = time.perf_counter()
         plan = statlab.prune(model, batches, mac_fraction=budget, method=by_label[method], seed=seed,
-                             seq_len=seq_len, base=model_name)
+                             seq_len=seq_len, base=model_name, precision=precision)
         seconds = time.perf_counter() - start
         row = {"method": method, "budget": budget, **measure(model), "prune_seconds": round(seconds, 2),
                "kept": plan.kept_fraction()}
@@ -136,13 +146,19 @@ def _read_checkpoint(checkpoint):
     return saved
 
 
+_SETTINGS_BEFORE = {"dtype": "float32", "precision": "fp64"}
+
+
 def _resumed(saved, checkpoint, settings, say):
     """``saved`` (the checkpoint's comparison) when it matches ``settings``; None when there is none."""
     import json
 
     if saved is None:
         return None
-    differ = [k for k in settings if json.dumps(saved.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
+    def recorded(key):  # a checkpoint from before dtype and precision were settings ran at their defaults
+        return saved.get(key, _SETTINGS_BEFORE.get(key))
+
+    differ = [k for k in settings if json.dumps(recorded(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
     if differ:
         raise ValueError(f"{checkpoint} holds another comparison (different {', '.join(differ)}); "
                          "remove it or choose another file")
