@@ -150,8 +150,9 @@ def run_eval(args) -> dict:
     task = "text" if corpus is not None else args.task
     result = evaluate_model(args.model, task, limit=args.limit, seed=args.seed, window=args.window,
                             max_tokens=args.max_tokens, corpus=corpus, allow_overlap=args.allow_overlap,
-                            device=device, dtype=dtype, precision=args.precision)
-    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
+                            device=device, dtype=dtype, precision=args.precision, task_dir=args.task_dir)
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {json.dumps(v, default=str)}"
+                      if isinstance(v, dict) else f"{k} {v}" for k, v in result["metrics"].items())
     name = args.text_file or args.task
     say(f"{args.model} ({result['dtype']} on {result['device']}) on {name}: {shown}")
     if "perplexity" in result["metrics"] and result["metrics"]["max_tokens"] is not None:
@@ -323,6 +324,22 @@ def _max_tokens(value: str):
     return None if count == 0 else count
 
 
+_EVAL_TASKS = sorted(set(_TASKS) | {"ptb", "c4"})
+
+
+def _eval_task(text: str) -> str:
+    """``eval --task``: one of :data:`_EVAL_TASKS`, or ``lm-eval:`` and distinct lm-eval task names."""
+    if text.startswith("lm-eval:"):
+        names = [name.strip() for name in text[len("lm-eval:"):].split(",")]
+        if not all(names) or len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(f"write lm-eval:TASK[,TASK...] with distinct names, got {text!r}")
+        return text
+    if text not in _EVAL_TASKS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(_EVAL_TASKS)} or "
+                                         "lm-eval:TASK[,TASK...])")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statlab", description="STAT structured pruning of transformers")
     common = argparse.ArgumentParser(add_help=False)
@@ -364,13 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", parents=[common, hardware], help="evaluate a model or a saved plan")
     e.add_argument("model", help="a model name/path or a plan directory")
     scored = e.add_mutually_exclusive_group(required=True)
-    scored.add_argument("--task", choices=sorted(set(_TASKS) | {"ptb", "c4"}),
+    scored.add_argument("--task", type=_eval_task, metavar="{" + ",".join(_EVAL_TASKS) + ",lm-eval:TASK[,TASK...]}",
                         help="ptb: Penn Treebank test sentences joined with spaces; c4: the first 256 windows of "
-                             "seeded-shuffled documents of C4's first en validation shard (both need a network)")
+                             "seeded-shuffled documents of C4's first en validation shard (both need a network); "
+                             "lm-eval:piqa,arc_easy: zero-shot tasks of lm-evaluation-harness (the lmeval extra)")
     scored.add_argument("--text-file", metavar="FILE",
                         help="perplexity of any text (causal LMs): .txt as running text, or .jsonl text fields joined "
                              "by blank lines; windowed and counted as WikiText-2; size and SHA-256 in the JSON")
     e.add_argument("--text-field", help="the field of a .jsonl --text-file holding the text (default text)")
+    e.add_argument("--task-dir", help="lm-eval tasks: a folder of local task YAMLs, searched first")
     e.add_argument("--allow-overlap", action="store_true",
                    help="score a plan on the very file it was calibrated on (refused by default)")
     e.add_argument("--limit", type=_count, help="evaluate on this many dev examples only")

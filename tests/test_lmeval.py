@@ -180,3 +180,19 @@ def test_parse_lm_eval_task():
                           ("piqa", "not an lm-eval task list")]:
         with pytest.raises(ValueError, match=message):
             parse_lm_eval_task(text)
+
+
+def test_cli_eval_runs_lm_eval_tasks_on_a_saved_model(tmp_path, model, tokenizer, task_dir, capsys):
+    from statlab import cli
+
+    path = tmp_path / "tiny-llama"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    assert cli.main(["eval", str(path), "--task", f"lm-eval:{TASK}", "--task-dir", str(task_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scored_by"] == "lm-eval" and result["seq_len"] == 512
+    assert result["metrics"]["tasks"][TASK]["acc"] == pytest.approx(by_hand(model, tokenizer, DOCS)["acc"])
+    assert cli.main(["eval", str(path), "--task", "lm-eval:a,,b"]) == 2
+    assert "distinct names" in capsys.readouterr().err
+    assert cli.main(["eval", "minilm", "--task", f"lm-eval:{TASK}"]) == 2
+    assert "causal language model" in capsys.readouterr().err

@@ -9,7 +9,8 @@ measured FLOPs, latency. :mod:`.tasks` answers "the metrics of this model on
 this task" for all of them. Task models are scored by their own heads:
 GLUE classifiers and the STS-B regressor (:mod:`.heads`), and SQuAD exact
 match and F1 of a ``*ForQuestionAnswering`` model's span predictions
-(:mod:`.squad`).
+(:mod:`.squad`). Zero-shot tasks of lm-evaluation-harness run on the in-memory
+model (:mod:`.lmeval`, the ``lmeval`` extra).
 
 Functions that run the model put it in eval mode for their duration and restore
 the previous mode; loops over many batches show a tqdm bar, which
@@ -21,6 +22,7 @@ from __future__ import annotations
 from .decoders import CPU_MAX_TOKENS, decoder_perplexity, perplexity
 from .efficiency import count_parameters, latency, measured_flops
 from .heads import HEAD_METRICS, LabelMismatchError, glue_scores, head_kind, head_metrics, label_map
+from .lmeval import parse_lm_eval_task, zero_shot
 from .squad import load_squad, normalize_answer, squad_metrics, squad_predictions, squad_scores
 from .encoders import STSB_HALVES, mean_pooled_embeddings, stsb_spearman
 from .probe import DEFAULT_L2, PROBE_TASKS, Probe, fit_probe, probe_metrics
@@ -50,6 +52,8 @@ __all__ = [
     "label_map",
     "load_squad",
     "normalize_answer",
+    "parse_lm_eval_task",
+    "zero_shot",
     "scored_by",
     "squad_metrics",
     "squad_predictions",

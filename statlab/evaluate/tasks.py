@@ -19,6 +19,8 @@ from .decoders import decoder_perplexity
 from .efficiency import count_parameters
 from .encoders import stsb_spearman
 from .heads import HEAD_METRICS, head_kind, head_metrics
+from .lmeval import PREFIX as LM_EVAL_PREFIX
+from .lmeval import parse_lm_eval_task
 from .probe import PROBE_TASKS, Probe, fit_probe, probe_metrics
 
 EVAL_TASKS = ("stsb", "sst2", "mrpc")
@@ -36,6 +38,12 @@ def check_task(model, task: str, name: str | None = None) -> None:
     model_type = getattr(model.config, "model_type", None)
     name = name or getattr(model, "name_or_path", None) or model_type
     decoder = model_type in DECODER_TYPES
+    if task.startswith(LM_EVAL_PREFIX):
+        parse_lm_eval_task(task)  # names well formed; lm-eval itself checks they exist
+        if not decoder or head_kind(model) is not None:
+            raise ValueError(f"{task} runs lm-evaluation-harness on a causal language model, and {name} is a "
+                             f"{type(model).__name__}")
+        return
     kind = head_kind(model)
     if kind == "sequence-classification":
         if task not in HEAD_METRICS:
@@ -110,7 +118,7 @@ def evaluate_task(
 
 
 def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAULT_WINDOW, max_tokens="auto",
-                 corpus=None, seed=0):
+                 corpus=None, seed=0, task_dir=None):
     """The metrics of an in-memory model on ``task``.
 
     Parameters
@@ -127,7 +135,9 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
         ``text``: the text (required); the other perplexity tasks load theirs
         (:func:`statlab.corpora.corpus_for_task`) when it is None.
     seed : int
-        ``c4``: the seed of the document order.
+        ``c4``: the seed of the document order; lm-eval's seed.
+    task_dir : str or os.PathLike, optional
+        ``lm-eval:...`` tasks: a folder of local task YAMLs searched first.
 
     Returns
     -------
@@ -136,6 +146,10 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
         :func:`~statlab.evaluate.decoders.decoder_perplexity`.
     """
     check_task(model, task)
+    if task.startswith(LM_EVAL_PREFIX):  # zero-shot tasks through lm-evaluation-harness (the lmeval extra)
+        from .lmeval import zero_shot
+
+        return zero_shot(model, tokenizer, parse_lm_eval_task(task), limit=limit, task_dir=task_dir, seed=seed)
     if head_kind(model) == "sequence-classification":
         return head_metrics(model, tokenizer, task, limit=limit)
     if head_kind(model) == "question-answering":
@@ -151,7 +165,7 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
 
 
 def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WINDOW, max_tokens="auto",
-                   corpus=None, allow_overlap=False, device=None, dtype=None, precision="fp32"):
+                   corpus=None, allow_overlap=False, device=None, dtype=None, precision="fp32", task_dir=None):
     """Metrics and costs of a model name/path or a saved plan directory (what ``statlab eval`` runs).
 
     A plan directory loads its base model in the dtype the plan was made on,
@@ -186,6 +200,8 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
     precision : {"fp32", "tf32"}
         fp32 matrix products of the forward passes, or TF32 tensor cores on
         CUDA (:func:`statlab.fast.gram.matmul_precision`; a no-op on the CPU).
+    task_dir : str or os.PathLike, optional
+        ``lm-eval:TASK,...`` tasks: local task YAMLs (:func:`statlab.evaluate.lmeval.zero_shot`).
 
     Returns
     -------
@@ -218,7 +234,7 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
     check_task(model, task, str(model_or_dir))
     if device is not None:
         model.to(device)
-    seq_len = cost_seq_len(task, window)
+    seq_len = window if task.startswith(LM_EVAL_PREFIX) else cost_seq_len(task, window)  # decoders: one window
     dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
     probe = None
     if task in PROBE_TASKS and head_kind(model) is None:
@@ -233,7 +249,7 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         corpus = _perplexity_corpus(task, corpus, tokenizer, window, seed)
     with matmul_precision(precision, first.device):
         metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
-                               max_tokens=max_tokens, corpus=corpus, seed=seed)
+                               max_tokens=max_tokens, corpus=corpus, seed=seed, task_dir=task_dir)
     result = {"task": task, "scored_by": scored_by(model, task), "metrics": metrics,
               "macs": block_macs(model, seq_len), "dense_macs": dense_macs, "params": count_parameters(model),
               "dense_params": dense_params, "seq_len": seq_len, "device": str(first.device),
@@ -245,9 +261,11 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
 
 def scored_by(model, task: str) -> str:
     """Which route scores ``model`` on ``task``: ``"head"`` (a task model), ``"probe"`` (a frozen linear
-    probe on a bare encoder), ``"embeddings"`` (STS-B cosines) or ``"perplexity"``."""
+    probe on a bare encoder), ``"embeddings"`` (STS-B cosines), ``"perplexity"`` or ``"lm-eval"``."""
     if head_kind(model) is not None:
         return "head"
+    if task.startswith(LM_EVAL_PREFIX):
+        return "lm-eval"
     return "perplexity" if task in DECODER_TASKS else {"stsb": "embeddings"}.get(task, "probe")
 
 
