@@ -109,3 +109,26 @@ def test_id_demo_captures_any_family(make, calibration):
     assert [acc.n for acc in accs] == [b.mlp_units for b in get_adapter(model).blocks(model)]
     assert Z0.shape == (accs[0].rows, accs[0].n) and Z0.dtype == torch.float64
     torch.testing.assert_close(accs[0].gram, Z0.T @ Z0)
+
+
+@pytest.mark.parametrize("make", list(MODELS.values()), ids=list(MODELS))
+def test_attention_maps_returns_probabilities_and_restores_the_implementation(make):
+    model = make()
+    adapter = get_adapter(model)
+    before = model.config._attn_implementation
+    block = adapter.blocks(model)[0]
+    seen = []
+    handle = model.get_submodule(block.attention).register_forward_hook(lambda m, a, out: seen.append(out[1]))
+    ids = torch.randint(1, 90, (2, 7), generator=torch.Generator().manual_seed(0))
+    try:
+        with adapter.attention_maps(model), torch.no_grad():
+            model(input_ids=ids)
+            assert model.config._attn_implementation == "eager"
+        with pytest.raises(RuntimeError), adapter.attention_maps(model):
+            raise RuntimeError("the model's implementation must come back on error too")
+    finally:
+        handle.remove()
+    assert model.config._attn_implementation == before
+    probs = seen[0]  # (batch, heads, query, key): rows are distributions
+    assert probs.shape[0] == 2 and probs.shape[-1] == probs.shape[-2] == 7
+    assert torch.allclose(probs.sum(-1), torch.ones_like(probs.sum(-1)), atol=1e-5)

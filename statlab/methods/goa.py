@@ -42,7 +42,7 @@ deviation:
 - **Head grouping** (Alg. 1): ``D_ij`` is the mean over all non-padded query
   positions of the JS *distance* (square root of the JS divergence, natural
   logarithm) between the attention rows of heads ``i`` and ``j``, measured once
-  on the dense model in :meth:`Goa.prepare` (eager attention is switched on for
+  on the dense model in :meth:`Goa.prepare` (eager attention is switched on, by the adapter, for
   that pass only). For GQA units ``D`` between two units is the mean over all
   pairs of their query heads. Alg. 1 is followed literally (pairs scanned row
   by row; ``i`` joins the candidates when ``D_ij < τ`` and neither ``i`` nor
@@ -411,8 +411,6 @@ def attention_divergence(model, adapter, blocks, calibration) -> list:
     their query heads. Returns a list of (units, units) arrays, or None where
     the model returned no attention probabilities.
     """
-    config = model.config
-    previous = config._attn_implementation
     sums = [None] * len(blocks)
     counts = [0] * len(blocks)
     state = {"mask": None}
@@ -435,14 +433,12 @@ def attention_divergence(model, adapter, blocks, calibration) -> list:
             counts[i] += rows.shape[0]
         handles.append(model.get_submodule(block.attention).register_forward_hook(hook))
     try:
-        config._attn_implementation = "eager"
-        with torch.no_grad():
+        with adapter.attention_maps(model), torch.no_grad():
             for batch in calibration:
                 inputs = model_inputs(model, batch)
                 state["mask"] = token_mask(inputs)
                 model(**inputs)
     finally:
-        config._attn_implementation = previous
         for hd in handles:
             hd.remove()
     out = []

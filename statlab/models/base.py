@@ -33,6 +33,7 @@ Adding a model family
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -185,3 +186,21 @@ class Adapter(ABC):
         ``block``'s paths remain valid, and the layer's output is what a
         pruned module with no units computes (the output map's bias, or 0).
         """
+
+    @contextlib.contextmanager
+    def attention_maps(self, model):
+        """For the duration, every attention module also returns its probabilities ``(B, heads, T, T)``.
+
+        transformers' fused kernels (SDPA, flash) return no probabilities, so the
+        model runs its eager attention meanwhile (``config._attn_implementation``,
+        read by every attention forward); its own implementation is back
+        afterwards, also on error. Used by methods that score heads by their
+        attention maps (GOA's Jensen–Shannon grouping).
+        """
+        config = model.config
+        previous = config._attn_implementation
+        config._attn_implementation = "eager"
+        try:
+            yield
+        finally:
+            config._attn_implementation = previous
