@@ -77,7 +77,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     if bad:
         raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
     saved = _read_checkpoint(checkpoint)  # a file that is no checkpoint is refused before any work
-    dense, tokenizer = load_model(model_name, quiet=True, **({} if dtype is None else {"dtype": dtype}))
+    dense, tokenizer = load_model(model_name, quiet=True, dtype=dtype)
     if device is not None:
         dense.to(device)
     check_task(dense, task, model_name)

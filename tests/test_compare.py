@@ -94,7 +94,7 @@ def test_configured_methods_are_compared_under_their_labels(monkeypatch):
         return real_prune(model, calibration, **options)
 
     dense = tiny_bert()
-    monkeypatch.setattr("statlab.models.loading.load_model", lambda name, quiet=False: (dense, None))
+    monkeypatch.setattr("statlab.models.loading.load_model", lambda name, **options: (dense, None))
     monkeypatch.setattr("statlab.calibration.calibration_batches",
                         lambda tokenizer, task, **kw: (batches(), {"examples": 6, "source": "x", "tokens": 1}))
     monkeypatch.setattr("statlab.evaluate.task_metrics", lambda *a, **kw: {"spearman": 0.5})
