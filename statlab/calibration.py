@@ -104,7 +104,7 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
 
         batches = task_calibration_batches(tokenizer, task, size, seed=seed, labels=True, max_length=max_length,
                                            batch_size=batch_size)
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        tokens = _real_tokens(batches)
         return batches, {"source": f"{task} train examples", "examples": size, "tokens": tokens,
                          "max_length": max_length, "seed": seed}
     source = source or DEFAULT_CALIBRATION_SOURCE[task]
@@ -112,7 +112,7 @@ def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_
     # similar lengths in a batch waste less on padding
     texts = sorted(texts, key=len)
     batches = tokenize_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    tokens = _real_tokens(batches)
     return batches, {"source": f"{source} train" if source != "wikitext2" else "wikitext2 validation",
                      "examples": size, "tokens": tokens, "max_length": max_length, "seed": seed}
 
@@ -131,7 +131,7 @@ def _squad_calibration(tokenizer, task, size, *, seed, batch_size):
     chosen = rows.select(picks)
     pairs = sorted(zip(chosen["question"][:], chosen["context"][:]), key=lambda pair: len(pair[1]))
     batches = tokenize_batches(tokenizer, pairs, max_length=QA_SEQ_LEN, batch_size=batch_size)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    tokens = _real_tokens(batches)
     return batches, {"source": f"{task} train questions", "examples": size, "tokens": tokens,
                      "max_length": QA_SEQ_LEN, "seed": seed}
 
@@ -163,8 +163,13 @@ def _corpus_batches(tokenizer, task, corpus, *, size, seed, max_length, batch_si
     picks = np.random.default_rng(seed).choice(available, size=size, replace=False)  # as calibration_texts draws
     texts = sorted((pool[i] for i in picks), key=len)  # similar lengths in a batch waste less on padding
     batches = tokenize_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    tokens = _real_tokens(batches)
     return batches, {**described, "tokens": tokens, "max_length": max_length}
+
+
+def _real_tokens(batches) -> int:
+    """Non-padding tokens of tokenised batches (their ``attention_mask``)."""
+    return sum(int(b["attention_mask"].sum()) for b in batches)
 
 
 def cost_seq_len(task, window=DEFAULT_WINDOW):
