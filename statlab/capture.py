@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from statlab.backends import BACKENDS, MatrixRecorder, get_backend  # noqa: F401  (MatrixRecorder: its old home)
 from statlab.inputs import check_calibration, model_inputs
+from statlab.offload import execution_device
 
 
 def _linear(model, label, path):
@@ -139,13 +140,13 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_calibration(batches, model)
-    device = next(model.parameters()).device
     recorders, handles = {}, []
     state = {"mask": None, "seen": set()}
     for label, path in targets.items():
         linear = _linear(model, label, path)
         n = linear.in_features
-        recorders[label] = get_backend(backend).recorder(n, label, device=device, precision=precision)
+        # on the device the map computes on: a dispatched model's blocks may sit on several
+        recorders[label] = get_backend(backend).recorder(n, label, device=execution_device(linear), precision=precision)
 
         def hook(module, args, label=label):
             recorders[label].update(args[0], state["mask"])

@@ -56,8 +56,9 @@ def run_prune(args) -> dict:
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
 
-    model, tokenizer = load_model(args.model, dtype=dtype, quiet=True)
-    model.to(device)
+    model, tokenizer = load_model(args.model, dtype=dtype, quiet=True, **_placement(args))
+    if args.device_map is None and not args.offload:
+        model.to(device)
     task_model = head_kind(model) is not None  # its own head scores it; it calibrates on its task's examples
     if task_model or args.task in ("sst2", "mrpc"):  # the probe fitted here needs an encoder
         check_task(model, args.task, args.model)
@@ -76,7 +77,7 @@ def run_prune(args) -> dict:
     plan = statlab.prune(model, batches, mac_fraction=args.mac_fraction, sparsity=args.sparsity,
                          backend=args.backend, method=args.method, seed=args.seed,
                          propagate=not args.one_pass, ridge=args.ridge, seq_len=cost_seq_len(args.task, args.window),
-                         precision=args.precision,
+                         precision=args.precision, offload=args.offload, device=device if args.offload else None,
                          base=model.name_or_path)  # absolute for a local model: the plan reloads from anywhere
     seconds = time.perf_counter() - start
     plan.meta["calibration"].update(calib)
@@ -86,11 +87,13 @@ def run_prune(args) -> dict:
     plot = Path(args.out) / "plan.png"
     plot_plan(plan, plot, title=f"statlab prune --model {args.model} --task {args.task} ({args.method}, {plan.meta['budget']})")
     kept = plan.kept_fraction()
-    say(f"pruned {args.model} ({plan.meta['dtype']} on {device}, {args.precision} Grams) with {args.method} in "
+    where = ("dispatched by accelerate" if "device_map" in plan.meta else
+             f"{device}, blocks offloaded" if args.offload else str(device))
+    say(f"pruned {args.model} ({plan.meta['dtype']} on {where}, {args.precision} Grams) with {args.method} in "
         f"{seconds:.1f} s: {kept['heads']:.0%} of heads, {kept['neurons']:.0%} of neurons kept; plan in {args.out}, "
         f"plot {plot}")
     return {"out": str(args.out), "prune_seconds": seconds, "kept": kept, "budget": plan.meta["budget"],
-            "method": args.method, "calibration": calib, "device": str(device), "dtype": plan.meta["dtype"],
+            "method": args.method, "calibration": calib, "device": where, "dtype": plan.meta["dtype"],
             "precision": args.precision}
 
 
@@ -118,10 +121,24 @@ def resolve_device(name: str):
 
 
 def _hardware(args):
-    """``(device, dtype)`` of ``--device`` and ``--dtype`` (dtype None where not given)."""
+    """``(device, dtype)`` of ``--device`` and ``--dtype`` (dtype None where not given); the placement flags checked."""
     import torch
 
-    return resolve_device(args.device), None if args.dtype is None else getattr(torch, args.dtype)
+    from statlab.models.loading import check_device_map
+
+    device_map = getattr(args, "device_map", None)
+    if device_map is not None:
+        if args.device is not None or args.offload:
+            raise ValueError("--device-map places the model itself: give neither --device nor --offload with it")
+        check_device_map(device_map)
+    elif getattr(args, "offload_folder", None):
+        raise ValueError("--offload-folder is where --device-map puts blocks mapped to disk; give a --device-map")
+    return resolve_device(args.device or "cpu"), None if args.dtype is None else getattr(torch, args.dtype)
+
+
+def _placement(args) -> dict:
+    """``load_model``'s placement options from ``--device-map`` and ``--offload-folder``."""
+    return {"device_map": args.device_map, "offload_folder": args.offload_folder}
 
 
 def _calibration_corpus(args):
@@ -150,7 +167,8 @@ def run_eval(args) -> dict:
     task = "text" if corpus is not None else args.task
     result = evaluate_model(args.model, task, limit=args.limit, seed=args.seed, window=args.window,
                             max_tokens=args.max_tokens, corpus=corpus, allow_overlap=args.allow_overlap,
-                            device=device, dtype=dtype, precision=args.precision, task_dir=args.task_dir)
+                            device=None if args.device_map else device, dtype=dtype, precision=args.precision,
+                            task_dir=args.task_dir, offload=args.offload, **_placement(args))
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {json.dumps(v, default=str)}"
                       if isinstance(v, dict) else f"{k} {v}" for k, v in result["metrics"].items())
     name = args.text_file or args.task
@@ -169,12 +187,16 @@ def run_compare(args) -> dict:
 
     say = _report(args)
     device, dtype = _hardware(args)
+    if args.device_map is not None:
+        raise ValueError("compare copies the dense model for every run and takes no --device-map; use --offload, "
+                         "or prune and eval with --device-map")
     if args.plot and Path(args.plot).is_dir():
         raise ValueError(f"--plot {args.plot} is a directory; give the PNG file to write")
     result = compare.compare(args.model, args.task, args.methods, args.budgets,
                              calibration_size=args.calibration_size, seed=args.seed, window=args.window,
                              max_tokens=args.max_tokens, limit=args.limit, checkpoint=args.checkpoint, say=say,
-                             corpus=_calibration_corpus(args), device=device, dtype=dtype, precision=args.precision)
+                             corpus=_calibration_corpus(args), device=device, dtype=dtype, precision=args.precision,
+                             offload=args.offload)
     result["command"] = "statlab " + shlex.join(args.argv)
     if args.checkpoint:
         compare.save(result, args.checkpoint)
@@ -311,6 +333,24 @@ def _device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}")
 
 
+def _device_map(value: str):
+    """``--device-map``: a strategy name, or a JSON file holding ``{module path: device}``."""
+    from statlab.models.loading import DEVICE_MAP_STRATEGIES
+
+    if value in DEVICE_MAP_STRATEGIES:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"give {', '.join(DEVICE_MAP_STRATEGIES)} or a JSON file; no file {value}")
+    try:
+        device_map = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"{value} is no JSON device map: {error}") from None
+    if not isinstance(device_map, dict) or not device_map:
+        raise argparse.ArgumentTypeError(f"{value} must hold a non-empty JSON object {{module path: device}}")
+    return device_map
+
+
 def _max_tokens(value: str):
     """``--max-tokens``: a positive count, 0 for all tokens, or ``auto`` (CPU default, all on a GPU)."""
     if value == "auto":
@@ -346,8 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="one JSON object on stdout; the report goes to stderr")
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     hardware = argparse.ArgumentParser(add_help=False)  # prune, eval, compare
-    hardware.add_argument("--device", type=_device_name, default="cpu", metavar="{cpu,cuda,cuda:N,auto}",
-                          help="where the model runs: cpu (default), cuda, cuda:N, or auto (cuda where available)")
+    hardware.add_argument("--device", type=_device_name, metavar="{cpu,cuda,cuda:N,auto}",
+                          help="where the model runs: cpu (default), cuda, cuda:N, or auto (cuda where available); "
+                               "with --offload, where its blocks compute")
+    hardware.add_argument("--offload", action="store_true",
+                          help="keep the blocks in CPU memory and compute each on --device only while it runs "
+                               "(accelerate's offloading hooks): a model larger than the GPU")
+    hardware.add_argument("--device-map", type=_device_map, metavar="{auto,balanced,sequential,FILE.json}",
+                          help="place the model with accelerate's dispatch (prune, eval): a strategy, or a JSON "
+                               "file {module path: GPU index | cpu | disk}; every block is pruned where it lies")
+    hardware.add_argument("--offload-folder", help="with --device-map: the folder of blocks mapped to disk and of "
+                                                   "their pruned weights (default: a temporary folder)")
     hardware.add_argument("--dtype", choices=DTYPES,
                           help="the model's parameter dtype (default float32; eval of a plan: the plan's own)")
     window_help = (f"perplexity and calibration windows of decoders, in tokens, and their MAC reference length "

@@ -9,6 +9,7 @@ windows (the token count is in every row).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -23,7 +24,7 @@ HEADLINE = {"stsb": ("spearman", True), "sst2": ("accuracy", True), "mrpc": ("f1
 
 def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0, window=512,
             max_tokens="auto", limit=None, checkpoint=None, say=print, corpus=None, device=None, dtype=None,
-            precision="fp64") -> dict:
+            precision="fp64", offload=False) -> dict:
     """Prune ``model_name`` with every method at every MAC budget; evaluate each on ``task``.
 
     Parameters
@@ -51,6 +52,9 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         The models' parameter dtype (default fp32).
     precision : {"fp64", "fp32", "tf32"}
         The Grams' accumulation (:func:`statlab.prune`).
+    offload : bool
+        Keep every model's blocks in CPU memory and compute each on ``device``
+        only while it runs, in the prunes and the evaluations (:mod:`statlab.offload`).
 
     Returns
     -------
@@ -65,7 +69,9 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     from statlab.evaluate.heads import head_kind
     from statlab.evaluate.tasks import scored_by
     from statlab.methods import METHODS, PruningMethod
+    from statlab.models import get_adapter
     from statlab.models.loading import load_model
+    from statlab.offload import OffloadedBlocks
 
     unknown = [m for m in methods if not isinstance(m, PruningMethod) and m not in METHODS]
     if unknown:
@@ -76,9 +82,11 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     bad = [b for b in budgets if not 0 < b <= 1]
     if bad:
         raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
+    if offload and device is None:
+        raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
     saved = _read_checkpoint(checkpoint)  # a file that is no checkpoint is refused before any work
     dense, tokenizer = load_model(model_name, quiet=True, dtype=dtype)
-    if device is not None:
+    if device is not None and not offload:
         dense.to(device)
     check_task(dense, task, model_name)
     seq_len = cost_seq_len(task, window)
@@ -92,8 +100,12 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         probe = fit_probe(dense, tokenizer, task, seed=seed)
 
     def measure(model):
-        return {"metrics": task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
-                                        max_tokens=max_tokens),
+        on_device = OffloadedBlocks(model, get_adapter(model).layers_path(model), device) if offload \
+            else contextlib.nullcontext()
+        with on_device:
+            metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
+                                   max_tokens=max_tokens)
+        return {"metrics": metrics,
                 "macs": block_macs(model, seq_len), "params": count_parameters(model)}
 
     settings = {"model": model_name, "task": task, "scored_by": scored_by(dense, task), "calibration": calib,
@@ -111,7 +123,8 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         model = copy.deepcopy(dense)
         start = time.perf_counter()
         plan = statlab.prune(model, batches, mac_fraction=budget, method=by_label[method], seed=seed,
-                             seq_len=seq_len, base=model_name, precision=precision)
+                             seq_len=seq_len, base=model_name, precision=precision, offload=offload,
+                             device=device if offload else None)
         seconds = time.perf_counter() - start
         row = {"method": method, "budget": budget, **measure(model), "prune_seconds": round(seconds, 2),
                "kept": plan.kept_fraction()}

@@ -32,7 +32,7 @@ from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, 
                      check_int, check_real, check_ridge, eval_mode)
 from .methods import ModuleStats, PruningMethod, Selection, get_method
 from .models import get_adapter
-from .offload import BlocksOnDemand
+from .offload import OffloadedBlocks, input_device, is_dispatched, resident
 from .plan import PruningPlan, apply_selection, config_hash, selection_tensors, weights_fingerprint
 from .records import KINDS, LayerRecord, ModuleKey, PruneConfig, module_keys
 
@@ -115,10 +115,15 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         propagation the dense pass, which only sets the sizes, uses fp32 when
         this is fp64. Factorisations always run in fp64.
     offload : bool
-        Keep the blocks where they are (normally CPU memory) and move each to
-        ``device`` only while it runs, at most two at a time
-        (:class:`statlab.offload.BlocksOnDemand`): a model larger than the
-        GPU's memory can be pruned. The pruned model ends where it started.
+        Keep the blocks where they are (normally CPU memory) and compute each
+        module on ``device`` only while it runs, through accelerate's
+        offloading hooks; the block being pruned and the one below it stay on
+        the device while they are worked on (:class:`statlab.offload.OffloadedBlocks`).
+        A model larger than the GPU's memory can be pruned; the pruned model
+        ends where it started. A model accelerate dispatched (loaded with
+        ``device_map=``: blocks on several GPUs, in CPU memory or on disk)
+        needs neither this nor ``device``: it is pruned where it lies, each
+        block on its own device, and each pruned block written back to its place.
     device : str or torch.device, optional
         The compute device with ``offload=True`` (required there; e.g. ``"cuda"``).
 
@@ -151,9 +156,13 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     accumulation_dtype(precision)  # a clear error for an unknown precision before any work
+    dispatched = is_dispatched(model)
+    if dispatched and (offload or device is not None):
+        raise ValueError("the model is dispatched by accelerate (loaded with device_map=): it is pruned where it "
+                         "lies, each block on its own device; pass neither offload nor device")
     if offload and device is None:
         raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
-    if not offload and device is not None and torch.device(device) != next(model.parameters()).device:
+    if not offload and not dispatched and device is not None and torch.device(device) != next(model.parameters()).device:
         raise ValueError(f"the model is on {next(model.parameters()).device}, not {device}: move it there "
                          "or pass offload=True to run its blocks on the device one at a time")
     pruner = method if isinstance(method, PruningMethod) else get_method(method, seed=seed, ridge=ridge)
@@ -175,7 +184,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     keys = module_keys(blocks)
     costs = dict(zip(keys, (c for pair in module_costs(model, adapter, blocks, config.cost_kind, config.seq_len)
                             for c in pair)))
-    on_demand = BlocksOnDemand(model, adapter.layers_path(model), device) if offload else contextlib.nullcontext()
+    on_demand = OffloadedBlocks(model, adapter.layers_path(model), device) if offload else contextlib.nullcontext()
     with eval_mode(model), on_demand:
         run = _Run(model, adapter, blocks, calibration, pruner, config, _PhaseClock(model))
         with run.clock("prepare"):
@@ -199,7 +208,9 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         "versions": _versions(),
     })
     if offload:
-        meta["offload"] = {"device": str(device), "transfers": len(on_demand.moves)}
+        meta["offload"] = {"device": str(device), "streamed_block_runs": on_demand.streamed}
+    if dispatched:
+        meta["device_map"] = {k: str(v) for k, v in model.hf_device_map.items()}
     return PruningPlan(meta, [r.as_json() for r in records], tensors)
 
 
@@ -233,8 +244,16 @@ class _Run:
                 captured = capture(self.model, self.calibration, _targets(self.blocks, needs),
                                    backend=config.backend, desc="dense pass", precision=precision)
         by_index = {b.index: b for b in self.blocks}
-        return {k: _module(self.model, by_index[k.layer], k.kind, captured, config.backend, config.ridge,
-                           propagated=False) for k in keys}
+        modules = {}
+        for k in keys:
+            # offloaded weights are read onto the CPU: a method holds every module's while it sets the sizes
+            with resident(self.model, [self.block_path(by_index[k.layer])], device="cpu"):
+                modules[k] = _module(self.model, by_index[k.layer], k.kind, captured, config.backend, config.ridge,
+                                     propagated=False)
+        return modules
+
+    def block_path(self, block) -> str:
+        return f"{self.adapter.layers_path(self.model)}.{block.index}"
 
     def prune_blocks(self, choice, modules, costs):
         """Prune every block bottom-up at ``choice``'s sizes: ``(list of LayerRecord, plan tensors)``.
@@ -243,28 +262,12 @@ class _Run:
         """
         replay = LayerReplay(self.model, self.adapter.layers_path(self.model)) if self.propagate else None
         records, tensors = [], {}
-        for b in tqdm(self.blocks, desc=f"prune ({self.config.method})", leave=False, disable=None):
-            kept = {}
-            for kind in KINDS:
-                key = ModuleKey(b.index, kind)
-                with self.clock("capture"):
-                    if modules is None:
-                        captured = replay.capture(self.calibration, b, _targets([b], self.pruner.needs, kind),
-                                                  backend=self.config.backend, precision=self.config.precision,
-                                                  desc=str(key))
-                        module = _module(self.model, b, kind, captured, self.config.backend, self.config.ridge,
-                                         propagated=True)
-                    else:
-                        module = modules.pop(key)
-                with self.clock("selection"):
-                    selection = _checked_selection(self.pruner.select(module, choice.sizes[key]), module,
-                                                   choice.sizes[key], self.config.method)
-                    selection = _finite_output_map(selection, self.dtype, b, kind)
-                del module
-                with self.clock("rewrite"):
-                    apply_selection(self.model, self.adapter, b, kind, selection)
-                kept[kind] = tuple(selection.units)
-                tensors.update(selection_tensors(key, selection))
+        for position, b in enumerate(tqdm(self.blocks, desc=f"prune ({self.config.method})", leave=False,
+                                          disable=None)):
+            # offloaded blocks: this one (rewritten) and the one below (whose pruned outputs it replays) stay put
+            below = [self.block_path(self.blocks[position - 1])] if position else []
+            with resident(self.model, below), resident(self.model, [self.block_path(b)], write=True):
+                kept = self._prune_block(b, choice, modules, replay, tensors)
             curves = choice.curves or {}
 
             def curve(kind):
@@ -274,6 +277,31 @@ class _Run:
             records.append(LayerRecord(b.index, b.units, kept["attention"], costs[ModuleKey(b.index, "mlp")].units,
                                        kept["mlp"], curve("attention"), curve("mlp")))
         return records, tensors
+
+    def _prune_block(self, b, choice, modules, replay, tensors) -> dict:
+        """Select and rewrite ``b``'s attention, then its MLP; the plan's tensors go into ``tensors``; ``{kind: kept}``."""
+        kept = {}
+        for kind in KINDS:
+            key = ModuleKey(b.index, kind)
+            with self.clock("capture"):
+                if modules is None:
+                    captured = replay.capture(self.calibration, b, _targets([b], self.pruner.needs, kind),
+                                              backend=self.config.backend, precision=self.config.precision,
+                                              desc=str(key))
+                    module = _module(self.model, b, kind, captured, self.config.backend, self.config.ridge,
+                                     propagated=True)
+                else:
+                    module = modules.pop(key)
+            with self.clock("selection"):
+                selection = _checked_selection(self.pruner.select(module, choice.sizes[key]), module,
+                                               choice.sizes[key], self.config.method)
+                selection = _finite_output_map(selection, self.dtype, b, kind)
+            del module
+            with self.clock("rewrite"):
+                apply_selection(self.model, self.adapter, b, kind, selection)
+            kept[kind] = tuple(selection.units)
+            tensors.update(selection_tensors(key, selection))
+        return kept
 
 
 class SelectionError(ValueError):
@@ -381,7 +409,7 @@ class _PhaseClock:
     """Wall seconds per phase (``with clock("capture"): ...``), synchronising CUDA at the edges."""
 
     def __init__(self, model):
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
         self.seconds = {}
 
     def __call__(self, phase):

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from statlab.fast import NonFiniteActivationError
+from statlab.offload import input_device, named_weights
 
 _BATCH = "a dict with input_ids (and attention_mask) as torch.Tensor of shape (batch, seq)"
 
@@ -45,7 +46,7 @@ def model_inputs(model, batch: Mapping) -> dict:
     ``token_type_ids``); ``use_cache=False`` where accepted (decoders: a
     calibration pass needs no KV cache).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     accepted = _accepted(model)
     inputs = {k: v.to(device) for k, v in batch.items() if k in accepted}
     if "use_cache" in accepted:
@@ -239,8 +240,8 @@ def _vocab_size(model) -> int | None:
 
 def check_finite_parameters(model, blocks, layers_path: str) -> None:
     """Raise :class:`NonFiniteWeightError` naming the first parameter with NaN or Inf, and its layer and module."""
-    for param_name, param in model.named_parameters():
-        if not torch.isfinite(param).all():
+    for param_name, param in named_weights(model):  # offloaded weights read from their storage
+        if param.is_floating_point() and not torch.isfinite(param).all():
             where = _module_label(param_name.rpartition(".")[0], blocks, layers_path)
             raise NonFiniteWeightError(
                 f"{where + ': ' if where else ''}parameter {param_name} has NaN/Inf entries; pruning needs "

