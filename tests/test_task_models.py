@@ -299,3 +299,11 @@ def test_cli_prunes_and_evaluates_a_question_answering_model_on_squad(tmp_path, 
     assert 0 <= result["metrics"]["f1"] <= 100
     assert cli.main(["eval", str(out), "--task", "sst2"]) == 2
     assert "question-answering model" in capsys.readouterr().err
+
+
+def test_every_glue_task_that_calibrates_has_its_head_metric_and_a_dataset():
+    from statlab.calibration import GLUE_TASKS
+
+    assert set(GLUE_TASKS) == set(heads.HEAD_METRICS)
+    assert set(GLUE_TASKS) <= set(data._TEXT_COLUMNS)  # each reads its texts (pairs as pairs)
+    assert set(GLUE_TASKS) - {"stsb"} == set(data._LABEL_NAMES)  # each classifier maps its labels; STS-B regresses
