@@ -190,9 +190,17 @@ def save(result, checkpoint):
     atomic_write(checkpoint, json.dumps(result, indent=1))
 
 
-def table(result) -> str:
-    """A fixed-width table of a :func:`compare` result: one row per budget, one column per method."""
+def table(result, metric=None) -> str:
+    """A fixed-width table of a :func:`compare` result: one row per budget, one column per method.
+
+    ``metric``: a key of the metrics to show instead of the task's headline
+    (e.g. MRPC's ``accuracy`` beside its F1); higher is better for all but perplexity.
+    """
     key, larger = HEADLINE[result["task"]]
+    if metric is not None:
+        if metric not in result["dense"]["metrics"]:
+            raise ValueError(f"no metric {metric!r} in this comparison; it has {sorted(result['dense']['metrics'])}")
+        key, larger = metric, metric != "perplexity"
     methods = list(dict.fromkeys(r["method"] for r in result["results"]))
     budgets = sorted({r["budget"] for r in result["results"]}, reverse=True)
     cell = {(r["method"], r["budget"]): r for r in result["results"]}

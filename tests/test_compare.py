@@ -29,6 +29,18 @@ def test_table_has_a_row_per_budget_and_a_column_per_method():
     assert lines[4].startswith("     0.50") and "0.8400" in lines[4] and "0.5000" in lines[4]
 
 
+def test_table_of_another_metric():
+    result = fake_result()
+    for row, value in zip(result["results"], (0.61, 0.62, 0.63, 0.64)):
+        row["metrics"]["pearson"] = value
+    result["dense"]["metrics"]["pearson"] = 0.9
+    lines = compare.table(result, metric="pearson").splitlines()
+    assert "pearson (higher is better); dense 0.9000" in lines[0]
+    assert "0.6100" in lines[3] and "0.6300" in lines[3] and "0.6200" in lines[4] and "0.6400" in lines[4]
+    with pytest.raises(ValueError, match="no metric 'accuracy'"):
+        compare.table(result, metric="accuracy")
+
+
 def test_plot_is_written(tmp_path):
     path = compare.plot(fake_result("wikitext2"), tmp_path / "p.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
