@@ -41,12 +41,23 @@ def atomic_write(path, content: str | bytes | Callable[[Path], object]) -> Path:
         else:
             with os.fdopen(handle, "wb") as f:
                 f.write(content.encode() if isinstance(content, str) else content)
+        os.chmod(tmp, _mode_for(path))  # mkstemp's 0600 would make every file private to its writer
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a file written at ``path`` gets: the file's own where it exists, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def remove_stale_temporaries(directory, *, keep=()) -> list[Path]:

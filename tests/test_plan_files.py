@@ -334,3 +334,19 @@ def test_temporaries_use_our_prefix_only(plans, tmp_path):
     (directory / f"{TEMP_PREFIX}stale").write_text("debris")
     plans[1].save(directory)
     assert listing(directory) == [".keep", "plan.json", "weights.safetensors"]
+
+
+def test_written_files_get_the_umask_mode_or_keep_their_own(tmp_path):
+    from statlab.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        fresh = atomic_write(tmp_path / "fresh.json", "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o640)
+        atomic_write(kept, "[]")
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "[]"
+    finally:
+        os.umask(old)
