@@ -56,7 +56,7 @@ def test_prune_and_eval_with_blocks_on_disk_match_the_plain_run(capsys, tmp_path
     assert [l["mlp_kept"] for l in plain.layers] == [l["mlp_kept"] for l in mapped.layers]
     assert [l["attn_kept"] for l in plain.layers] == [l["attn_kept"] for l in mapped.layers]
     for name, tensor in plain.tensors.items():
-        torch.testing.assert_close(mapped.tensors[name], tensor, rtol=1e-6, atol=1e-6)
+        assert torch.equal(mapped.tensors[name], tensor)
     assert (folder / "model.layers.1.mlp.down_proj.weight.dat").exists()  # the pruned disk block, written there
 
     text = tmp_path / "held-out.txt"
@@ -67,7 +67,7 @@ def test_prune_and_eval_with_blocks_on_disk_match_the_plain_run(capsys, tmp_path
         assert code == 0, err
         scores.append(json.loads(stdout))
     assert [s["device"] for s in scores] == ["cpu", "dispatched", "cpu, blocks offloaded"]
-    assert scores[1]["metrics"]["perplexity"] == pytest.approx(scores[0]["metrics"]["perplexity"], rel=1e-6)
+    assert scores[1]["metrics"]["perplexity"] == scores[0]["metrics"]["perplexity"]
     assert scores[2]["metrics"]["perplexity"] == scores[0]["metrics"]["perplexity"]
     # the library's loader takes the same map
     model, _, _ = statlab.load_pruned(tmp_path / "plain", device_map=DISK_MAP)
