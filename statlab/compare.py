@@ -9,7 +9,6 @@ windows (the token count is in every row).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 
@@ -69,9 +68,8 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     from statlab.evaluate.heads import head_kind
     from statlab.evaluate.tasks import scored_by
     from statlab.methods import METHODS, PruningMethod
-    from statlab.models import get_adapter
     from statlab.models.loading import load_model
-    from statlab.offload import OffloadedBlocks
+    from statlab.offload import streamed
 
     unknown = [m for m in methods if not isinstance(m, PruningMethod) and m not in METHODS]
     if unknown:
@@ -100,9 +98,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
         probe = fit_probe(dense, tokenizer, task, seed=seed)
 
     def measure(model):
-        on_device = OffloadedBlocks(model, get_adapter(model).layers_path(model), device) if offload \
-            else contextlib.nullcontext()
-        with on_device:
+        with streamed(model, device, offload):
             metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
                                    max_tokens=max_tokens)
         return {"metrics": metrics,

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import platform
 import time
@@ -32,7 +31,7 @@ from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, 
                      check_int, check_real, check_ridge, eval_mode)
 from .methods import ModuleStats, PruningMethod, Selection, get_method
 from .models import get_adapter
-from .offload import OffloadedBlocks, input_device, is_dispatched, resident
+from .offload import input_device, is_dispatched, resident, streamed
 from .plan import PruningPlan, apply_selection, config_hash, selection_tensors, weights_fingerprint
 from .records import KINDS, LayerRecord, ModuleKey, PruneConfig, module_keys
 
@@ -184,7 +183,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     keys = module_keys(blocks)
     costs = dict(zip(keys, (c for pair in module_costs(model, adapter, blocks, config.cost_kind, config.seq_len)
                             for c in pair)))
-    on_demand = OffloadedBlocks(model, adapter.layers_path(model), device) if offload else contextlib.nullcontext()
+    on_demand = streamed(model, device, offload)
     with eval_mode(model), on_demand:
         run = _Run(model, adapter, blocks, calibration, pruner, config, _PhaseClock(model))
         with run.clock("prepare"):

@@ -162,6 +162,15 @@ def resident(model, paths, *, write=False, device=None):
                     set_module_tensor_to_device(current, name, "meta")
 
 
+def streamed(model, device, offload: bool):
+    """:class:`OffloadedBlocks` over ``model``'s blocks onto ``device`` when ``offload``, else a no-op context."""
+    if not offload:
+        return contextlib.nullcontext()
+    from statlab.models import get_adapter  # the adapter knows where the blocks are
+
+    return OffloadedBlocks(model, get_adapter(model).layers_path(model), device)
+
+
 class OffloadedBlocks:
     """Context manager: ``with OffloadedBlocks(model, "model.layers", "cuda"): ...`` (``prune(offload=True)``).
 

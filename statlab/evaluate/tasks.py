@@ -9,13 +9,11 @@ model name/path or a saved plan first, on a device and in a dtype (what
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 from statlab.calibration import DEFAULT_WINDOW, PERPLEXITY_TASKS, QA_TASKS, cost_seq_len
 from statlab.costs import block_macs
-from statlab.models import get_adapter
-from statlab.offload import OffloadedBlocks, input_device, is_dispatched
+from statlab.offload import input_device, is_dispatched, streamed
 from statlab.plan import PruningPlan
 
 from .decoders import decoder_perplexity
@@ -267,8 +265,7 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
             model.to(dtype)
     if task in DECODER_TASKS:
         corpus = _perplexity_corpus(task, corpus, tokenizer, window, seed)
-    on_device = OffloadedBlocks(model, get_adapter(model).layers_path(model), device) if offload else nullcontext()
-    with on_device, matmul_precision(precision, input_device(model)):
+    with streamed(model, device, offload), matmul_precision(precision, input_device(model)):
         metrics = task_metrics(model, tokenizer, task, probe=probe, limit=limit, window=window,
                                max_tokens=max_tokens, corpus=corpus, seed=seed, task_dir=task_dir)
     first = next(model.parameters())
