@@ -40,6 +40,19 @@ class LayerReplay:
     while block ``l`` is processed, blocks ``0..l-1`` are replaced by modules
     that return that cached output: a pass costs the embeddings plus block ``l``.
 
+    Each pruned module runs once more, not again from scratch: when the
+    driver caches the input of a module's output map during its capture
+    (``keep=``) and prunes it without touching its input maps, it registers a
+    stand-in (:meth:`stand_in`) that forms the pruned module's output from the
+    cached input's kept columns and the new output map. So the MLP's capture
+    does not re-run the attention above the pruned heads, and the pass that
+    records a block's outputs runs neither its attention nor its MLP's input
+    maps (DESIGN §1.4; issue 15). The cache holds, for the block being pruned
+    and the one below it, the context ``(tokens, units · unit_size)`` and the
+    activations ``(tokens, mlp_units)`` in the model's dtype, padding included:
+    :func:`cache_fits` says whether that fits; where it does not, the module
+    is re-run as before.
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -54,6 +67,8 @@ class LayerReplay:
         self.depth = -1  # the block whose outputs are cached (-1: none)
         self.batch = 0
         self._saved = []
+        self._stand_ins = {}  # block index -> {module path: stand-in} for its pruned modules with cached inputs
+        self._swapped = []
 
     def install(self, upto: int) -> None:
         """Replace blocks ``0..upto-1`` by the replay (no-op while nothing is cached)."""
@@ -70,25 +85,65 @@ class LayerReplay:
             self.layers[i] = layer
         self._saved = []
 
+    def stand_in(self, block, kind: str, inputs: list, units) -> None:
+        """Let ``block``'s pruned ``kind`` (``"attention"``/``"mlp"``) answer from its cached output-map inputs.
+
+        ``inputs``: per calibration batch, the input of the output map as the
+        capture saw it before pruning, ``(batch, seq, units · unit_size)`` or
+        ``(batch, seq, mlp_units)``; ``units``: the kept units, in the order the
+        surgery laid them out. Call it after the surgery, only when the input
+        maps kept their rows (a refit changes the context) and, for attention,
+        when a unit is left.
+        """
+        attention = kind == "attention"
+        path, out_path = (block.attention, block.attn_out) if attention else (block.mlp, block.mlp_out)
+        unit_size = block.unit_size if attention else 1
+        units = torch.as_tensor(list(units), dtype=torch.int64)
+        columns = (units[:, None] * unit_size + torch.arange(unit_size)).reshape(-1)
+        out = self.model.get_submodule(out_path) if out_path.startswith(path + ".") else None
+        self._stand_ins.setdefault(block.index, {})[path] = _CachedOutput(self, inputs, columns, out, attention)
+
+    def _swap_in(self, upto: int) -> None:
+        """Put the stand-ins of blocks ``<= upto`` in place of their modules (restored by :meth:`_swap_out`)."""
+        from statlab.surgery import replace_module
+
+        for index in sorted(i for i in self._stand_ins if i <= upto):
+            for path, module in self._stand_ins[index].items():
+                self._swapped.append((path, self.model.get_submodule(path)))
+                replace_module(self.model, path, module)
+
+    def _swap_out(self) -> None:
+        from statlab.surgery import replace_module
+
+        for path, module in reversed(self._swapped):
+            replace_module(self.model, path, module)
+        self._swapped = []
+
     def capture(self, batches, block, targets, **options) -> dict:
         """:func:`capture` of ``targets`` inside ``block``, computed through the pruned blocks below it.
 
-        Blocks up to ``depth`` replay their cached outputs; the ones above run.
-        When the block just below was pruned since, its outputs are cached on
-        the way, so each pruned block runs once more, not once per block above.
-        ``options`` go to :func:`capture` (``backend``, ``precision``, ``desc``).
+        Blocks up to ``depth`` replay their cached outputs; the ones above run,
+        with the stand-ins of their pruned modules in place. When the block just
+        below was pruned since, its outputs are cached on the way (and its
+        stand-ins' cached inputs let go), so each pruned block runs once more,
+        not once per block above. ``options`` go to :func:`capture`
+        (``backend``, ``precision``, ``desc``, ``keep``).
         """
         below = block.index - 1
         record = below > self.depth
         model = self.model
         self.install(self.depth + 1)
+        self._swap_in(block.index)
         try:
             got = capture(model, batches, targets, replay=self,
                           outputs_of=f"{self.layers_path}.{below}" if record else None, **options)
         finally:
+            self._swap_out()
             self.restore()
         if record:
             self.outputs, self.depth = got.pop("outputs"), below
+            for index in [i for i in self._stand_ins if i <= below]:
+                del self._stand_ins[index]
         return got
 
 
@@ -102,8 +157,74 @@ class _Replay(torch.nn.Module):
         return replay.outputs[replay.batch]
 
 
+class _CachedOutput(torch.nn.Module):
+    """A pruned attention or MLP module answering from its cached output-map input (:meth:`LayerReplay.stand_in`).
+
+    Returns ``out(Z[..., columns])`` when the output map ``out`` is inside the
+    module, else ``Z[..., columns]`` (the map outside applies itself);
+    attention modules return it first in a 2-tuple, as the adapters' modules do
+    (:class:`statlab.models.base.Block`).
+    """
+
+    def __init__(self, replay, inputs, columns, out, attention):
+        super().__init__()
+        self.replay, self.out = [replay], [out]  # lists: neither is registered as a submodule
+        self.inputs, self.attention = inputs, attention
+        self.columns = {columns.device: columns}  # the kept columns' indices, per device they were needed on
+
+    def forward(self, *args, **kwargs):
+        Z = self.inputs[self.replay[0].batch]
+        if Z.device not in self.columns:
+            self.columns[Z.device] = next(iter(self.columns.values())).to(Z.device)
+        y = Z.index_select(-1, self.columns[Z.device])
+        if self.out[0] is not None:
+            y = self.out[0](y)
+        return (y, None) if self.attention else y
+
+
+def cache_bytes(batches, width: int, dtype) -> int:
+    """Bytes of one output-map input cached over ``batches``: padded tokens × ``width`` × the dtype's size."""
+    tokens = sum(int(b["input_ids"].numel()) for b in batches)
+    return tokens * width * torch.empty((), dtype=dtype).element_size()
+
+
+CACHE_SHARE = 0.25
+"""Share of a device's free memory the cached output-map inputs of one module may take (:func:`cache_fits`).
+
+Two blocks' inputs are held at once (the block being pruned and the one
+below, until its outputs are recorded): up to four modules' worth.
+"""
+
+
+def cache_fits(nbytes: int, device) -> bool:
+    """Whether ``nbytes`` of cached activations fit in :data:`CACHE_SHARE` of ``device``'s free memory now."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _available_host_memory()
+    return nbytes <= CACHE_SHARE * free
+
+
+def _available_host_memory() -> int:
+    """Bytes of host memory available to new allocations (Linux ``MemAvailable``; else the physical size)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=None,
-            replay: LayerReplay | None = None, outputs_of: str | None = None, precision="fp64"):
+            replay: LayerReplay | None = None, outputs_of: str | None = None, precision="fp64", keep=()):
     """Run the calibration batches and collect the inputs of the named linear maps.
 
     Parameters
@@ -125,10 +246,14 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     outputs_of : str, optional
         Path of a block whose outputs are recorded, one per batch, under the
         key ``"outputs"`` (the forward stops there when ``stop_early``).
+    keep : iterable of str
+        Labels of ``targets`` whose inputs are also kept as they came, one
+        tensor ``(batch, seq, in)`` per batch, padding included, under the key
+        ``"kept"``: ``{label: list}`` (for :meth:`LayerReplay.stand_in`).
 
     Returns
     -------
-    dict[str, statlab.fast.GramAccumulator | statlab.backends.MatrixRecorder | list]
+    dict[str, statlab.fast.GramAccumulator | statlab.backends.MatrixRecorder | list | dict]
 
     Raises
     ------
@@ -141,6 +266,10 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_calibration(batches, model)
     recorders, handles = {}, []
+    kept = {label: [] for label in keep}
+    unknown = set(kept) - set(targets)
+    if unknown:
+        raise ValueError(f"keep names labels that are not capture targets: {sorted(unknown)}")
     state = {"mask": None, "seen": set()}
     for label, path in targets.items():
         linear = _linear(model, label, path)
@@ -150,6 +279,8 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
 
         def hook(module, args, label=label):
             recorders[label].update(args[0], state["mask"])
+            if label in kept:
+                kept[label].append(args[0].detach())
             state["seen"].add(label)
             if stop_early and state["seen"] >= wanted:
                 raise _StopForward
@@ -183,4 +314,6 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
             h.remove()
     if outputs_of is not None:
         recorders["outputs"] = outputs
+    if kept:
+        recorders["kept"] = kept
     return recorders

@@ -24,14 +24,14 @@ from tqdm import tqdm
 from statlab.reference import budget as budget_lib
 
 from .backends import get_backend
-from .capture import BACKENDS, LayerReplay, capture
+from .capture import BACKENDS, LayerReplay, cache_bytes, cache_fits, capture
 from .costs import module_costs
 from .fast.gram import accumulation_dtype
 from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters,
                      check_int, check_real, check_ridge, eval_mode)
 from .methods import ModuleStats, PruningMethod, Selection, get_method
 from .models import get_adapter
-from .offload import input_device, is_dispatched, resident, streamed
+from .offload import execution_device, input_device, is_dispatched, resident, streamed
 from .plan import PruningPlan, apply_selection, config_hash, selection_tensors, weights_fingerprint
 from .records import KINDS, LayerRecord, ModuleKey, PruneConfig, module_keys
 
@@ -206,6 +206,8 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         "prune_seconds": run.clock.total(), "phase_seconds": run.clock.seconds,
         "versions": _versions(),
     })
+    if run.propagate:
+        meta["pruned_pass"] = dict(run.pass_cache)
     if offload:
         meta["offload"] = {"device": str(device), "streamed_block_runs": on_demand.streamed}
     if dispatched:
@@ -227,6 +229,7 @@ class _Run:
         self.pruner, self.config, self.clock = pruner, config, clock
         self.propagate = config.propagate and pruner.propagates and bool(pruner.needs)
         self.dtype = next(model.parameters()).dtype
+        self.pass_cache = {"cached": 0, "rerun": 0}  # modules whose pruned output came from their cached input
 
     def dense_modules(self, keys) -> dict:
         """``{key: ModuleStats}`` of the dense model; the statistics only where a step reads them."""
@@ -282,11 +285,14 @@ class _Run:
         kept = {}
         for kind in KINDS:
             key = ModuleKey(b.index, kind)
+            inputs = None
             with self.clock("capture"):
                 if modules is None:
-                    captured = replay.capture(self.calibration, b, _targets([b], self.pruner.needs, kind),
-                                              backend=self.config.backend, precision=self.config.precision,
-                                              desc=str(key))
+                    targets = _targets([b], self.pruner.needs, kind)
+                    keep = [str(key)] if str(key) in targets and self._cacheable(b, kind, targets[str(key)]) else []
+                    captured = replay.capture(self.calibration, b, targets, backend=self.config.backend,
+                                              precision=self.config.precision, desc=str(key), keep=keep)
+                    inputs = captured.pop("kept", {}).get(str(key))
                     module = _module(self.model, b, kind, captured, self.config.backend, self.config.ridge,
                                      propagated=True)
                 else:
@@ -298,9 +304,31 @@ class _Run:
             del module
             with self.clock("rewrite"):
                 apply_selection(self.model, self.adapter, b, kind, selection)
+            if replay is not None:  # the pruned module's output from its cached input where that is still its input
+                cached = inputs is not None and _reusable(kind, selection)
+                if cached:
+                    replay.stand_in(b, kind, inputs, selection.units)
+                self.pass_cache["cached" if cached else "rerun"] += 1
+            del inputs
             kept[kind] = tuple(selection.units)
             tensors.update(selection_tensors(key, selection))
         return kept
+
+    def _cacheable(self, block, kind, out_path) -> bool:
+        """Whether the input of ``block``'s ``kind`` output map over the calibration fits the device's memory."""
+        width = block.units * block.unit_size if kind == "attention" else block.mlp_units
+        device = execution_device(self.model.get_submodule(out_path))
+        return cache_fits(cache_bytes(self.calibration, width, self.dtype), device)
+
+
+def _reusable(kind, selection) -> bool:
+    """Whether the output map's input captured before ``selection`` still is the pruned module's (kept columns).
+
+    Not when the input maps were refitted (a new context / new activations),
+    nor for an attention with no head left (the adapter's ZeroAttention is
+    cheaper than any cache).
+    """
+    return selection.w_in_rows is None and (kind == "mlp" or len(selection.units) > 0)
 
 
 class SelectionError(ValueError):

@@ -53,7 +53,9 @@ class Block:
     index : int
         Position of the layer in the ``nn.ModuleList`` at ``Adapter.layers_path``.
     attention : str
-        The module that owns the head-count attributes.
+        The module that owns the head-count attributes. Its output is the
+        context (``W_O`` outside it, as in BERT) or ``W_O(context)`` (inside,
+        as in Llama), first in a 2-tuple ``(output, attention weights)``.
     attn_in : tuple of str
         Linear maps whose output rows belong to units (query, key, value).
     attn_out : str
@@ -62,6 +64,9 @@ class Block:
         ``W1`` (BERT) or ``Wg, Wu`` (Llama): rows are neurons.
     mlp_out : str
         ``W2`` / down projection: its input is ``Z``.
+    mlp : str
+        The module whose output is ``Z`` (``W2`` outside it: BERT's
+        ``intermediate``) or ``W2(Z)`` (inside: Llama's ``mlp``), as a tensor.
     units : int
         Attention units (heads, or KV groups); ``W_O`` has ``units * unit_size``
         input features.
@@ -88,6 +93,7 @@ class Block:
     attn_out: str
     mlp_in: tuple[str, ...]
     mlp_out: str
+    mlp: str
     units: int
     unit_size: int
     head_dim: int

@@ -26,7 +26,7 @@ class BertAdapter(Adapter):
                 attn_in=(f"{p}.attention.self.query", f"{p}.attention.self.key", f"{p}.attention.self.value"),
                 attn_out=f"{p}.attention.output.dense",
                 mlp_in=(f"{p}.intermediate.dense",),
-                mlp_out=f"{p}.output.dense",
+                mlp_out=f"{p}.output.dense", mlp=f"{p}.intermediate",
                 units=query.out_features // head_dim, unit_size=head_dim, head_dim=head_dim,
                 mlp_units=layer.output.dense.in_features,
                 attn_bias=query.bias is not None, mlp_bias=w1.bias is not None,

@@ -21,7 +21,7 @@ class DistilBertAdapter(Adapter):
                 attn_in=(f"{p}.attention.q_lin", f"{p}.attention.k_lin", f"{p}.attention.v_lin"),
                 attn_out=f"{p}.attention.out_lin",
                 mlp_in=(f"{p}.ffn.lin1",),
-                mlp_out=f"{p}.ffn.lin2",
+                mlp_out=f"{p}.ffn.lin2", mlp=f"{p}.ffn",
                 units=layer.attention.q_lin.out_features // head_dim, unit_size=head_dim, head_dim=head_dim,
                 mlp_units=layer.ffn.lin2.in_features,
                 attn_bias=layer.attention.q_lin.bias is not None, mlp_bias=layer.ffn.lin1.bias is not None,

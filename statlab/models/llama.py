@@ -44,7 +44,7 @@ class LlamaAdapter(Adapter):
                 attn_in=(f"{p}.self_attn.q_proj", f"{p}.self_attn.k_proj", f"{p}.self_attn.v_proj"),
                 attn_out=f"{p}.self_attn.o_proj",
                 mlp_in=(f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"),
-                mlp_out=f"{p}.mlp.down_proj",
+                mlp_out=f"{p}.mlp.down_proj", mlp=f"{p}.mlp",
                 units=groups, unit_size=per_group * head_dim, head_dim=head_dim, heads_per_unit=per_group,
                 mlp_units=layer.mlp.down_proj.in_features,
                 attn_bias=layer.self_attn.q_proj.bias is not None, mlp_bias=layer.mlp.gate_proj.bias is not None,
