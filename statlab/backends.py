@@ -25,6 +25,7 @@ import torch
 
 from statlab import fast
 from statlab import reference
+from statlab.threads import scipy_blas
 
 BACKENDS = ("fast", "reference")
 
@@ -111,7 +112,8 @@ class ReferenceBackend(Backend):
 
     def gram(self, data, device=None):
         X = np.asarray(data, dtype=np.float64)
-        G = torch.from_numpy(X.T @ X)
+        with scipy_blas():
+            G = torch.from_numpy(X.T @ X)
         return G if device is None else G.to(device)
 
     def unit_blocks(self, data, units, unit_size):
@@ -119,10 +121,12 @@ class ReferenceBackend(Backend):
         return torch.einsum("nia,nib->abi", Z, Z)
 
     def prune_mlp(self, data, W_out, k, *, ridge=0.0, curve=True):
-        return _as_torch(reference.prune_mlp(data, _numpy(W_out), k, ridge=ridge, curve=curve))
+        with scipy_blas():
+            return _as_torch(reference.prune_mlp(data, _numpy(W_out), k, ridge=ridge, curve=curve))
 
     def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True):
-        return _as_torch(reference.prune_heads(data, _numpy(W_out), unit_size, k, ridge=ridge, curve=curve))
+        with scipy_blas():
+            return _as_torch(reference.prune_heads(data, _numpy(W_out), unit_size, k, ridge=ridge, curve=curve))
 
 
 class MatrixRecorder:

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.linalg.lapack
 import torch
 
+from statlab.threads import scipy_blas
+
 
 def default_tolerance(G: torch.Tensor) -> float:
     """Pivots at or below ``n · ε · max(diag G)`` are rounding noise of the Gram."""
@@ -59,7 +61,8 @@ def pivoted_cholesky(G: torch.Tensor, tol: float | None = None):
 
 def _pivoted_cholesky_lapack(G: torch.Tensor, tol: float):
     n = G.shape[0]
-    factor, piv, rank, info = scipy.linalg.lapack.dpstrf(G.numpy(), tol=tol, lower=1)
+    with scipy_blas():
+        factor, piv, rank, info = scipy.linalg.lapack.dpstrf(G.numpy(), tol=tol, lower=1)
     if info < 0:
         raise RuntimeError(f"dpstrf rejected argument {-info}")
     # the lower triangle holds L (n, rank) in pivot order; the strict upper one is G's

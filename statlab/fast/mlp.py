@@ -53,8 +53,11 @@ def prune_mlp_from_gram(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: 
         raise ValueError(f"k must lie in [0, n={G.shape[0]}], got {k}")
     order = weighted_pivots(G, weights)[0]  # full pivot order, (n,)
     idx = order[:k]
-    coef = interpolation_coefficients(G, idx, ridge=ridge, eps=torch.finfo(G.dtype).eps)
-    return ModulePruning(idx, W_out @ coef.T, output_residuals_from_gram(G, W_out, order) if curve else None)
+    if k == G.shape[0]:  # every neuron kept (the sizes' curves): T is the permutation, W2 @ T.T exactly W2[:, idx]
+        weight = W_out[:, idx]
+    else:
+        weight = W_out @ interpolation_coefficients(G, idx, ridge=ridge, eps=torch.finfo(G.dtype).eps).T
+    return ModulePruning(idx, weight, output_residuals_from_gram(G, W_out, order) if curve else None)
 
 
 def output_residuals(Z: torch.Tensor, W_out: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,7 @@ import torch
 
 from statlab.inputs import model_inputs
 from statlab.reference import budget as budget_lib
+from statlab.threads import scipy_blas
 
 from .base import ModuleStats, PruningMethod, Selection, SizeChoice, restricted_w_out
 from .goa import PairedStreams
@@ -307,8 +308,9 @@ def tuned_scales(AtA, Aty, *, damp: float = 0.0):
             return np.ones(k), False
     rhs = (b - M.sum(dim=1)).unsqueeze(1)
     d = torch.linalg.solve_triangular(L, rhs, upper=False).squeeze(1)  # R⁻ᵀ c with R = Lᵀ
-    result = scipy.sparse.linalg.lsmr(L.T.numpy(), d.numpy(), damp=damp, atol=1e-12, btol=1e-12,
-                                      maxiter=max(4 * k, 100))
+    with scipy_blas():
+        result = scipy.sparse.linalg.lsmr(L.T.numpy(), d.numpy(), damp=damp, atol=1e-12, btol=1e-12,
+                                          maxiter=max(4 * k, 100))
     x, istop = result[0], int(result[1])
     return 1.0 + x, istop not in (3, 6, 7)
 
