@@ -13,7 +13,7 @@ Cases:
   bert-base  BERT-base shapes, random weights, 512 sequences × 32 random ids
   smollm2    SmolLM2-135M (bundled GGUF), 128 WikiText-2 validation windows × 512 tokens (slow on a CPU)
 
-Usage: python benchmarks/bench_floor.py [--cases minilm,bert-base] [--mac-fraction 0.5]
+Usage: python benchmarks/bench_floor.py [--cases minilm,bert-base] [--mac-fraction 0.5] [--precision fp64]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def dense_pass_seconds(model, batches, repeats: int = 3) -> list:
         return seconds
 
 
-def run_case(case: str, mac_fraction: float) -> dict:
+def run_case(case: str, mac_fraction: float, precision: str = "fp64") -> dict:
     import statlab
 
     model, batches, calib, seq_len = case_inputs(case)
@@ -80,9 +80,10 @@ def run_case(case: str, mac_fraction: float) -> dict:
     dense = sorted(runs)[len(runs) // 2]  # the median of three: one pass alone varies by 30% under load
     pruned = copy.deepcopy(model)
     start = time.perf_counter()
-    plan = statlab.prune(pruned, batches, mac_fraction=mac_fraction, seq_len=seq_len, base=case)
+    plan = statlab.prune(pruned, batches, mac_fraction=mac_fraction, seq_len=seq_len, base=case, precision=precision)
     seconds = time.perf_counter() - start
-    return {"case": case, "mac_fraction": mac_fraction, "calibration": calib,
+    return {"case": case, "mac_fraction": mac_fraction, "precision": precision, "calibration": calib,
+            "pruned_pass": plan.meta.get("pruned_pass"),
             "dense_pass_seconds": runs, "dense_pass_median": dense, "prune_seconds": round(seconds, 2),
             "prune_over_dense_pass": round(seconds / dense, 2),
             "phase_seconds": {k: round(v, 2) for k, v in plan.meta["phase_seconds"].items()}}
@@ -94,8 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="minilm,bert-base")
     parser.add_argument("--mac-fraction", type=float, default=0.5)
+    parser.add_argument("--precision", default="fp64", choices=("fp64", "fp32"),
+                        help="the prune's Gram accumulation (fp64: statlab's default on a CPU)")
     args = parser.parse_args()
-    results = [run_case(case, args.mac_fraction) for case in args.cases.split(",")]
+    results = [run_case(case, args.mac_fraction, args.precision) for case in args.cases.split(",")]
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": platform.python_version(), "load_average_at_end": os.getloadavg()}
     print(json.dumps({"benchmark": "floor", "machine": machine, "results": results}, indent=1))
