@@ -22,7 +22,7 @@ import scipy.linalg
 
 from .id import ridge_least_squares
 from .mlp import output_residuals
-from .pruning import ModulePruning
+from .pruning import ModulePruning, check_order
 
 
 def unit_gram(G, W_out, unit_size):
@@ -53,7 +53,7 @@ def _fit(C, I, J, ridge):
     return T
 
 
-def prune_heads(C, W_out, unit_size, k, *, ridge=0.0, curve=True) -> ModulePruning:
+def prune_heads(C, W_out, unit_size, k, *, ridge=0.0, curve=True, order=None) -> ModulePruning:
     """Keep ``k`` attention units and correct ``W_O``.
 
     Parameters
@@ -68,6 +68,10 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0, curve=True) -> ModulePruni
     ridge : float
     curve : bool
         Compute the error curve (``residuals``; None otherwise).
+    order : array_like of int, shape (units,), optional
+        The full unit order of these same data and ``W_out`` from an earlier
+        call (its ``idx`` at ``k = units``): the pivoting is skipped and the
+        result is the same.
 
     Returns
     -------
@@ -80,7 +84,7 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0, curve=True) -> ModulePruni
     units = C.shape[1] // unit_size
     if not 0 <= k <= units:
         raise ValueError(f"k must lie in [0, {units}] units, got {k}")
-    order = unit_order(C.T @ C, W_out, unit_size)
+    order = check_order(unit_order(C.T @ C, W_out, unit_size) if order is None else order, units)
     residuals = output_residuals(C, W_out, _columns(order, unit_size))[::unit_size] if curve else None
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)
     weight = W_out[:, I]

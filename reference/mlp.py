@@ -15,10 +15,10 @@ import numpy as np
 import scipy.linalg
 
 from .id import interpolative_decomposition, ridge_least_squares
-from .pruning import ModulePruning
+from .pruning import ModulePruning, check_order
 
 
-def prune_mlp(Z, W_out, k, *, ridge=0.0, curve=True) -> ModulePruning:
+def prune_mlp(Z, W_out, k, *, ridge=0.0, curve=True, order=None) -> ModulePruning:
     """Keep ``k`` neurons of an MLP and correct its output map.
 
     Parameters
@@ -33,6 +33,10 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0, curve=True) -> ModulePruning:
         Relative ridge of the least-squares correction (see ``interpolative_decomposition``).
     curve : bool
         Compute the error curve (``residuals``; None otherwise).
+    order : array_like of int, shape (n,), optional
+        The full pivot order of these same activations and ``W_out`` from an
+        earlier call (its ``idx`` at ``k = n``): the pivoting is skipped and
+        the result is the same.
 
     Returns
     -------
@@ -45,7 +49,9 @@ def prune_mlp(Z, W_out, k, *, ridge=0.0, curve=True) -> ModulePruning:
     weights = np.linalg.norm(W_out, axis=0)  # (n,)
     if not 0 <= k <= Z.shape[1]:
         raise ValueError(f"k must lie in [0, n={Z.shape[1]}], got {k}")
-    order = interpolative_decomposition(Z, None, weights=weights).idx  # full pivot order, (n,)
+    if order is None:
+        order = interpolative_decomposition(Z, None, weights=weights).idx  # full pivot order, (n,)
+    order = check_order(order, Z.shape[1])
     idx, rest = order[:k], order[k:]
     weight = W_out[:, idx]
     if k and rest.size:

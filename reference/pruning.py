@@ -28,3 +28,11 @@ class ModulePruning:
     idx: np.ndarray
     weight: np.ndarray
     residuals: np.ndarray | None
+
+
+def check_order(order, units: int) -> np.ndarray:
+    """``order`` as int64 (units,) if it is a permutation of ``0..units-1``, else a ValueError."""
+    order = np.asarray(order, dtype=np.int64).reshape(-1)
+    if order.size != units or not np.array_equal(np.sort(order), np.arange(units)):
+        raise ValueError(f"order must be a permutation of the {units} units, got {order.size} entries")
+    return order

@@ -65,13 +65,19 @@ class Backend(ABC):
 
     @abstractmethod
     def prune_mlp(self, data, W_out: torch.Tensor, k: int, *, ridge: float = 0.0,
-                  curve: bool = True) -> fast.ModulePruning:
-        """Keep ``k`` neurons and fold the correction into ``W_out (out, n)`` (DESIGN §1.2)."""
+                  curve: bool = True, order=None) -> fast.ModulePruning:
+        """Keep ``k`` neurons and fold the correction into ``W_out (out, n)`` (DESIGN §1.2).
+
+        ``order``: the full pivot order an earlier call on the same data returned (``idx`` at ``k = n``).
+        """
 
     @abstractmethod
     def prune_heads(self, data, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
-                    curve: bool = True) -> fast.ModulePruning:
-        """Keep ``k`` attention units and fold the correction into ``W_out (out, d)`` (DESIGN §1.3)."""
+                    curve: bool = True, order=None) -> fast.ModulePruning:
+        """Keep ``k`` attention units and fold the correction into ``W_out (out, d)`` (DESIGN §1.3).
+
+        ``order``: the full unit order an earlier call on the same data returned (``idx`` at ``k = units``).
+        """
 
 
 class FastBackend(Backend):
@@ -92,11 +98,11 @@ class FastBackend(Backend):
         G = data.to(torch.float64)
         return G.reshape(units, unit_size, units, unit_size).diagonal(dim1=0, dim2=2)
 
-    def prune_mlp(self, data, W_out, k, *, ridge=0.0, curve=True):
-        return fast.prune_mlp_from_gram(data, W_out, k, ridge=ridge, curve=curve)
+    def prune_mlp(self, data, W_out, k, *, ridge=0.0, curve=True, order=None):
+        return fast.prune_mlp_from_gram(data, W_out, k, ridge=ridge, curve=curve, order=order)
 
-    def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True):
-        return fast.prune_heads_from_gram(data, W_out, unit_size, k, ridge=ridge, curve=curve)
+    def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True, order=None):
+        return fast.prune_heads_from_gram(data, W_out, unit_size, k, ridge=ridge, curve=curve, order=order)
 
 
 class ReferenceBackend(Backend):
@@ -120,13 +126,16 @@ class ReferenceBackend(Backend):
         Z = torch.from_numpy(np.asarray(data, dtype=np.float64)).reshape(-1, units, unit_size)
         return torch.einsum("nia,nib->abi", Z, Z)
 
-    def prune_mlp(self, data, W_out, k, *, ridge=0.0, curve=True):
+    def prune_mlp(self, data, W_out, k, *, ridge=0.0, curve=True, order=None):
+        order = None if order is None else np.asarray(order)
         with scipy_blas():
-            return _as_torch(reference.prune_mlp(data, _numpy(W_out), k, ridge=ridge, curve=curve))
+            return _as_torch(reference.prune_mlp(data, _numpy(W_out), k, ridge=ridge, curve=curve, order=order))
 
-    def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True):
+    def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True, order=None):
+        order = None if order is None else np.asarray(order)
         with scipy_blas():
-            return _as_torch(reference.prune_heads(data, _numpy(W_out), unit_size, k, ridge=ridge, curve=curve))
+            return _as_torch(reference.prune_heads(data, _numpy(W_out), unit_size, k, ridge=ridge, curve=curve,
+                                                   order=order))
 
 
 class MatrixRecorder:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from statlab.backends import BACKENDS, MatrixRecorder, get_backend  # noqa: F401  (MatrixRecorder: its old home)
 from statlab.inputs import check_calibration, model_inputs
 from statlab.offload import execution_device
+from statlab.surgery import replace_module, unit_rows  # unit_rows: a unit's rows of W_in are its columns of W_out
 
 
 def _linear(model, label, path):
@@ -97,24 +98,18 @@ class LayerReplay:
         """
         attention = kind == "attention"
         path, out_path = (block.attention, block.attn_out) if attention else (block.mlp, block.mlp_out)
-        unit_size = block.unit_size if attention else 1
-        units = torch.as_tensor(list(units), dtype=torch.int64)
-        columns = (units[:, None] * unit_size + torch.arange(unit_size)).reshape(-1)
+        columns = unit_rows(torch.as_tensor(list(units), dtype=torch.int64), block.unit_size if attention else 1)
         out = self.model.get_submodule(out_path) if out_path.startswith(path + ".") else None
         self._stand_ins.setdefault(block.index, {})[path] = _CachedOutput(self, inputs, columns, out, attention)
 
     def _swap_in(self, upto: int) -> None:
         """Put the stand-ins of blocks ``<= upto`` in place of their modules (restored by :meth:`_swap_out`)."""
-        from statlab.surgery import replace_module
-
         for index in sorted(i for i in self._stand_ins if i <= upto):
             for path, module in self._stand_ins[index].items():
                 self._swapped.append((path, self.model.get_submodule(path)))
                 replace_module(self.model, path, module)
 
     def _swap_out(self) -> None:
-        from statlab.surgery import replace_module
-
         for path, module in reversed(self._swapped):
             replace_module(self.model, path, module)
         self._swapped = []

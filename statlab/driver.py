@@ -99,7 +99,13 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     propagate : bool
         Recompute activations through the pruned blocks below (default) or use the
         dense pass for every block (the one-pass variant); only for methods that
-        propagate (``stat``).
+        propagate (``stat``). The propagated pass runs each block once: a
+        pruned module's output is formed from the input of its output map,
+        cached while it was captured (:meth:`statlab.capture.LayerReplay.stand_in`;
+        per module ``tokens × width`` in the model's dtype, e.g. 400 MB for
+        65,536 tokens × 1,536 fp32 neurons), and re-run where that would not fit
+        in a quarter of the device's free memory (``plan.meta["pruned_pass"]``
+        counts both).
     ridge : float
         Relative ridge of the least-squares corrections, finite and >= 0.
     seq_len : int, optional
@@ -247,11 +253,13 @@ class _Run:
                                    backend=config.backend, desc="dense pass", precision=precision)
         by_index = {b.index: b for b in self.blocks}
         modules = {}
-        for k in keys:
+        for index in dict.fromkeys(k.layer for k in keys):  # each block's modules in one visit
             # offloaded weights are read onto the CPU: a method holds every module's while it sets the sizes
-            with resident(self.model, [self.block_path(by_index[k.layer])], device="cpu"):
-                modules[k] = _module(self.model, by_index[k.layer], k.kind, captured, config.backend, config.ridge,
-                                     propagated=False)
+            with resident(self.model, [self.block_path(by_index[index])], device="cpu"):
+                for k in keys:
+                    if k.layer == index:
+                        modules[k] = _module(self.model, by_index[index], k.kind, captured, config.backend,
+                                             config.ridge, propagated=False)
         return modules
 
     def block_path(self, block) -> str:

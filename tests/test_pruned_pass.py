@@ -181,3 +181,58 @@ def test_the_cache_leaves_the_model_as_the_plan_says(monkeypatch):
     ids = windows(n=1, seed=3)[0]["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, dense(input_ids=ids).logits)
+
+
+# ---- each ID once: the one-pass variant reuses the sizes' pivot order --------------------------------------
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_a_given_order_gives_the_same_pruning(backend):
+    from statlab.backends import get_backend
+
+    b = get_backend(backend)
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(200, 24, generator=g, dtype=torch.float64) @ torch.randn(24, 24, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 24, generator=g)
+    data = Z.numpy() if backend == "reference" else Z.T @ Z
+    for prune, args in ((b.prune_mlp, (W,)), (b.prune_heads, (W, 4))):
+        full = prune(data, *args, 24 if len(args) == 1 else 6, curve=True)
+        for k in (0, 2, 5):
+            fresh, reused = prune(data, *args, k), prune(data, *args, k, order=full.idx)
+            assert torch.equal(fresh.idx, reused.idx) and torch.equal(fresh.weight, reused.weight)
+        with pytest.raises(ValueError, match="permutation"):
+            prune(data, *args, 2, order=full.idx[:-1])
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_one_pass_factorises_each_module_once(backend, monkeypatch):
+    import statlab.fast.heads
+    import statlab.fast.mlp
+    import statlab.reference.heads
+    import statlab.reference.mlp
+
+    calls = []
+    if backend == "fast":
+        spies = [(statlab.fast.mlp, "weighted_pivots"), (statlab.fast.heads, "unit_order")]
+    else:
+        spies = [(statlab.reference.mlp, "interpolative_decomposition"), (statlab.reference.heads, "unit_order")]
+    for module, name in spies:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    model = tiny_bert()
+    once = statlab.prune(model, batches(), mac_fraction=0.5, propagate=False, backend=backend, base="tiny")
+    assert len(calls) == 2 * len(once.layers)  # the sizes' factorisations only
+    monkeypatch.undo()
+    # the plan equals selections made from scratch on the same statistics
+    from statlab.methods import stat as stat_module
+
+    real_prune_module = stat_module.prune_module
+
+    def without_cache(module, k, *, curve=False):
+        module.cache.clear()
+        return real_prune_module(module, k, curve=curve)
+
+    monkeypatch.setattr(stat_module, "prune_module", without_cache)
+    again = statlab.prune(tiny_bert(), batches(), mac_fraction=0.5, propagate=False, backend=backend, base="tiny")
+    assert once.layers == again.layers
+    for key in once.tensors:
+        assert torch.equal(once.tensors[key], again.tensors[key]), key

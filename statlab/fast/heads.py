@@ -18,7 +18,7 @@ from .cholesky import pivoted_cholesky
 from .gram import gram_matrix
 from .id import interpolation_coefficients
 from .mlp import output_residuals_from_gram
-from .pruning import ModulePruning
+from .pruning import ModulePruning, check_order
 
 
 def unit_gram(G: torch.Tensor, W_out: torch.Tensor, unit_size: int) -> torch.Tensor:
@@ -40,18 +40,18 @@ def _columns(units: torch.Tensor, unit_size: int) -> torch.Tensor:
 
 
 def prune_heads(C: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
-                curve: bool = True) -> ModulePruning:
+                curve: bool = True, order: torch.Tensor | None = None) -> ModulePruning:
     """Keep ``k`` attention units and correct ``W_O``: :func:`prune_heads_from_gram` of ``C^T C``.
 
     ``C (N, d)`` is the attention context (input of ``W_O``), padding excluded;
     its fp64 Gram is streamed (:func:`~statlab.fast.gram.gram_matrix`). The
     other parameters and the result are those of :func:`prune_heads_from_gram`.
     """
-    return prune_heads_from_gram(gram_matrix(C), W_out, unit_size, k, ridge=ridge, curve=curve)
+    return prune_heads_from_gram(gram_matrix(C), W_out, unit_size, k, ridge=ridge, curve=curve, order=order)
 
 
 def prune_heads_from_gram(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, k: int, *, ridge: float = 0.0,
-                          curve: bool = True) -> ModulePruning:
+                          curve: bool = True, order: torch.Tensor | None = None) -> ModulePruning:
     """Keep ``k`` attention units and correct ``W_O``, from the context Gram alone.
 
     Parameters
@@ -65,6 +65,10 @@ def prune_heads_from_gram(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, 
     ridge : float
     curve : bool
         Compute the error curve (``residuals``; None otherwise).
+    order : Tensor of int64, shape (units,), optional
+        The full unit order of these same data and ``W_out`` from an earlier
+        call (its ``idx`` at ``k = units``): the pivoting is skipped and the
+        result is the same.
 
     Returns
     -------
@@ -77,7 +81,7 @@ def prune_heads_from_gram(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, 
     units = G.shape[0] // unit_size
     if not 0 <= k <= units:
         raise ValueError(f"k must lie in [0, {units}] units, got {k}")
-    order = unit_order(G, W, unit_size)
+    order = check_order(unit_order(G, W, unit_size) if order is None else order, units, G.device)
     columns = _columns(order, unit_size)
     residuals = output_residuals_from_gram(G, W, columns)[::unit_size] if curve else None  # (units + 1,)
     I, J = _columns(order[:k], unit_size), _columns(order[k:], unit_size)

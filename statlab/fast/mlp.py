@@ -14,21 +14,22 @@ import torch
 
 from .gram import gram_matrix
 from .id import interpolation_coefficients, weighted_pivots
-from .pruning import ModulePruning
+from .pruning import ModulePruning, check_order
 
 
-def prune_mlp(Z: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0, curve: bool = True) -> ModulePruning:
+def prune_mlp(Z: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0, curve: bool = True,
+              order: torch.Tensor | None = None) -> ModulePruning:
     """Keep ``k`` neurons and correct the output map: :func:`prune_mlp_from_gram` of ``Z^T Z``.
 
     ``Z (N, n)`` are the input activations of the output map, padding
     excluded; their fp64 Gram is streamed (:func:`~statlab.fast.gram.gram_matrix`).
     The other parameters and the result are those of :func:`prune_mlp_from_gram`.
     """
-    return prune_mlp_from_gram(gram_matrix(Z), W_out, k, ridge=ridge, curve=curve)
+    return prune_mlp_from_gram(gram_matrix(Z), W_out, k, ridge=ridge, curve=curve, order=order)
 
 
 def prune_mlp_from_gram(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: float = 0.0,
-                        curve: bool = True) -> ModulePruning:
+                        curve: bool = True, order: torch.Tensor | None = None) -> ModulePruning:
     """Keep ``k`` neurons and correct the output map, from the Gram of the activations alone.
 
     Parameters
@@ -40,6 +41,10 @@ def prune_mlp_from_gram(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: 
     ridge : float
     curve : bool
         Compute the error curve (``residuals``; None otherwise).
+    order : Tensor of int64, shape (n,), optional
+        The full pivot order of these same activations and ``W_out`` from an
+        earlier call (its ``idx`` at ``k = n``): the pivoting is skipped and
+        the result is the same.
 
     Returns
     -------
@@ -51,7 +56,9 @@ def prune_mlp_from_gram(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: 
     weights = W_out.norm(dim=0)  # (n,)
     if not 0 <= k <= G.shape[0]:
         raise ValueError(f"k must lie in [0, n={G.shape[0]}], got {k}")
-    order = weighted_pivots(G, weights)[0]  # full pivot order, (n,)
+    if order is None:
+        order = weighted_pivots(G, weights)[0]  # full pivot order, (n,)
+    order = check_order(order, G.shape[0], G.device)
     idx = order[:k]
     if k == G.shape[0]:  # every neuron kept (the sizes' curves): T is the permutation, W2 @ T.T exactly W2[:, idx]
         weight = W_out[:, idx]
@@ -78,9 +85,10 @@ def output_residuals_from_gram(G: torch.Tensor, W_out: torch.Tensor, order: torc
     """
     G = G.to(torch.float64)
     W = W_out.to(device=G.device, dtype=torch.float64)[:, order]  # (out, n)
-    G = G[order][:, order]
+    G = G[order][:, order]  # a copy: its diagonal takes the jitter in place (G + jitter·I without an (n, n) eye)
     jitter = 10 * torch.finfo(torch.float64).eps * G.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    L, _ = torch.linalg.cholesky_ex(G + jitter * torch.eye(G.shape[0], dtype=G.dtype, device=G.device))
+    G.diagonal().add_(jitter)
+    L, _ = torch.linalg.cholesky_ex(G)
     parts = (W @ L).square().sum(dim=0)  # (n,)
     tail = torch.cat([parts.flip(0).cumsum(0).flip(0), parts.new_zeros(1)])  # (n + 1,)
     return (tail / tail[0]).sqrt() if tail[0] > 0 else torch.zeros_like(tail)

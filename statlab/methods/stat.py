@@ -18,12 +18,22 @@ from .base import ModuleStats, PruningMethod, Selection, SizeChoice, restricted_
 
 
 def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
-    """``(kept units, W_out' fp64 tensor, residual curve or None)`` of one module at ``k`` units."""
+    """``(kept units, W_out' fp64 tensor, residual curve or None)`` of one module at ``k`` units.
+
+    The full pivot order, once computed (the sizes' curves at ``k = units``),
+    stays in ``module.cache``: a selection on the same statistics (the
+    one-pass variant, where the driver hands the sizes' modules to ``select``)
+    reuses it instead of factorising again. Propagated selections get new
+    modules, with an empty cache.
+    """
+    order = module.cache.get("order")
     if module.kind == "attention":
         r = module.backend.prune_heads(module.stats, module.W_out, module.unit_size, k, ridge=module.ridge,
-                                       curve=curve)
+                                       curve=curve, order=order)
     else:
-        r = module.backend.prune_mlp(module.stats, module.W_out, k, ridge=module.ridge, curve=curve)
+        r = module.backend.prune_mlp(module.stats, module.W_out, k, ridge=module.ridge, curve=curve, order=order)
+    if k == module.units:
+        module.cache["order"] = r.idx
     residuals = None if r.residuals is None else r.residuals.cpu().numpy()
     return r.idx.tolist(), r.weight, residuals
 
