@@ -16,8 +16,12 @@ the dense forward's seconds and ``p`` the seconds spent inside those modules
 a fraction ``f`` of their MACs can run no faster than ``t / (t - p + f·p)``
 (Amdahl's law: embeddings, norms and the LM head do not shrink). The JSON
 prints, per figure, the measured speedup, that bound, their ratio, and the
-share ``p / t``; for the pruned model also its own ``p`` over the dense one's
-beside ``f`` (how far the smaller matrix products fall short of their MACs).
+share ``p / t``; the same bound with ``f`` the kept fraction of the block
+parameters (decoding one token at a time is bound by reading the weights,
+not by MACs); and for the pruned model its own ``p`` and ``t - p`` over the
+dense one's (how far the smaller products fall short of ``f``, and whether
+the untouched rest really stayed the same). Shares are medians over the
+repeats, as the figures are.
 
     python benchmarks/bench_speedup.py --mac-fraction 0.5
     python benchmarks/bench_speedup.py --shape minilm --mac-fraction 0.5
@@ -99,12 +103,27 @@ def module_seconds(model, device, run) -> dict:
     return {"total": total, "blocks": state["inside"]}
 
 
-def amdahl(dense_share: dict, pruned_share: dict, macs_fraction: float) -> dict:
-    """The bound ``t / (t - p + f·p)`` of one figure, and the pruned modules' time over the dense ones' (``f`` beside it)."""
+def amdahl(dense_share: dict, pruned_share: dict, macs_fraction: float, params_fraction: float) -> dict:
+    """The bounds ``t / (t - p + f·p)`` of one figure, and where the pruned model's time went.
+
+    ``f``: the kept fraction of the block MACs (compute-bound work: prefill),
+    and of the block parameters (weight-bandwidth-bound work: decoding one
+    token at a time reads every weight once per token).
+    """
     t, p = dense_share["total"], dense_share["blocks"]
     return {"blocks_share_of_dense_time": round(p / t, 3),
             "bound": round(t / (t - p + macs_fraction * p), 3),
-            "pruned_blocks_time_over_dense": round(pruned_share["blocks"] / p, 3)}
+            "bound_by_parameters": round(t / (t - p + params_fraction * p), 3),
+            "pruned_blocks_time_over_dense": round(pruned_share["blocks"] / p, 3),
+            "pruned_rest_time_over_dense": round((pruned_share["total"] - pruned_share["blocks"]) / (t - p), 3)}
+
+
+def block_parameters(model) -> int:
+    """Parameters of the attention and MLP maps of every block (what pruning shrinks)."""
+    from statlab.models import get_adapter
+
+    paths = [p for b in get_adapter(model).blocks(model) for p in (*b.attn_in, b.attn_out, *b.mlp_in, b.mlp_out)]
+    return sum(t.numel() for p in paths for t in model.get_submodule(p).parameters())
 
 
 def speed(model, vocab, device, *, prompt, batch, new_tokens, repeats):
@@ -129,7 +148,11 @@ def speed(model, vocab, device, *, prompt, batch, new_tokens, repeats):
     with torch.inference_mode():
         seconds = {k: timed(run, device, repeats if k != "decode_tokens_per_s" else max(1, repeats // 2))
                    for k, run in runs.items()}
-        shares = {k: module_seconds(model, device, run) for k, run in runs.items()}
+        shares = {}
+        for k, run in runs.items():  # medians over the repeats, as the figures
+            seen = [module_seconds(model, device, run) for _ in range(repeats if k != "decode_tokens_per_s"
+                                                                         else max(1, repeats // 2))]
+            shares[k] = {part: statistics.median(s[part] for s in seen) for part in ("total", "blocks")}
     work = {"prefill_ms_batch1": 1e3, "prefill_tokens_per_s": batch * prompt, "decode_tokens_per_s": new_tokens}
     figures = {k: round(work[k] * seconds[k] if k.endswith("_ms_batch1") else work[k] / seconds[k], 2)
                for k in seconds}
@@ -204,6 +227,7 @@ def main() -> None:
     vocab = dense.config.vocab_size
     options = dict(prompt=args.prompt, batch=args.batch, new_tokens=args.new_tokens, repeats=args.repeats)
     dense_macs, dense_params = block_macs(dense, args.prompt), count_parameters(dense)
+    dense_block_params = block_parameters(dense)
     dense_speed, dense_shares = speed(dense, vocab, device, **options)
     if pruned is dense:
         g = torch.Generator().manual_seed(1)
@@ -211,15 +235,16 @@ def main() -> None:
         statlab.prune(pruned, calib, method="magnitude", seq_len=args.prompt, base=args.shape, **budget)
     pruned_speed, pruned_shares = speed(pruned, vocab, device, **options)
     macs_fraction = block_macs(pruned, args.prompt) / dense_macs
+    params_fraction = block_parameters(pruned) / dense_block_params
     speedup = {k: round((dense_speed[k] / pruned_speed[k]) if k.endswith("_ms_batch1")
                         else (pruned_speed[k] / dense_speed[k]), 3) for k in dense_speed}
-    bounds = {k: amdahl(dense_shares[k], pruned_shares[k], macs_fraction) for k in dense_speed}
+    bounds = {k: amdahl(dense_shares[k], pruned_shares[k], macs_fraction, params_fraction) for k in dense_speed}
     for k, b in bounds.items():
         b["measured_speedup"] = speedup[k]
         b["measured_over_bound"] = round(speedup[k] / b["bound"], 3)
     result = {
         "benchmark": "speedup", "shape": args.shape, "method": method, "budget": budget, "plan": args.plan,
-        "macs_fraction": round(macs_fraction, 4),
+        "macs_fraction": round(macs_fraction, 4), "block_params_fraction": round(params_fraction, 4),
         "params_fraction": round(count_parameters(pruned) / dense_params, 4),
         "dense": dense_speed, "pruned": pruned_speed,
         "speedup": speedup, "amdahl": bounds,

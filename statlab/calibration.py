@@ -19,7 +19,32 @@ EVAL_SEQ_LEN = 128
 DEFAULT_CALIBRATION_SIZE = 512  # sentences, encoder tasks
 DEFAULT_CALIBRATION_WINDOWS = 128  # windows, wikitext2
 DEFAULT_WINDOW = 512  # tokens per perplexity / calibration window on CPU (2048 in the Llama-2 protocol)
+LM_EVAL_PREFIX = "lm-eval:"  # eval --task lm-eval:piqa,arc_easy: zero-shot tasks of lm-evaluation-harness
 CPU_MAX_TOKENS = 32768  # perplexity on the CPU: the first whole windows up to this many tokens
+
+
+def parse_lm_eval_task(text: str) -> list[str]:
+    """The task names of the CLI spelling ``lm-eval:piqa,arc_easy`` -> ``["piqa", "arc_easy"]``.
+
+    Raises
+    ------
+    ValueError
+        ``text`` does not start with ``lm-eval:``, names no task, has an empty
+        name (``lm-eval:piqa,,arc_easy``) or names a task twice.
+    """
+    if not text.startswith(LM_EVAL_PREFIX):
+        raise ValueError(f"{text!r} is not an lm-eval task list: write {LM_EVAL_PREFIX}TASK[,TASK...], "
+                         f"e.g. {LM_EVAL_PREFIX}piqa,arc_easy")
+    names = [name.strip() for name in text[len(LM_EVAL_PREFIX):].split(",")]
+    if names == [""]:
+        raise ValueError(f"{text!r} names no task: write {LM_EVAL_PREFIX}TASK[,TASK...], "
+                         f"e.g. {LM_EVAL_PREFIX}piqa,arc_easy")
+    if "" in names:
+        raise ValueError(f"{text!r} has an empty task name: separate names by single commas, no trailing comma")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{text!r} names {', '.join(repeated)} more than once")
+    return names
 
 
 def calibration_batches(tokenizer, task, *, size=None, source=None, seed=0, max_length=128, batch_size=64,

@@ -24,9 +24,11 @@ from statlab.calibration import (
     DEFAULT_WINDOW,
     EVAL_SEQ_LEN,  # noqa: F401 (re-exported for code written against statlab.cli)
     GLUE_TASKS,
+    LM_EVAL_PREFIX,
     QA_TASKS,
     calibration_batches,
     cost_seq_len,
+    parse_lm_eval_task,
 )
 
 _TASKS = sorted(set(DEFAULT_CALIBRATION_SOURCE) | set(GLUE_TASKS) | set(QA_TASKS))
@@ -369,10 +371,11 @@ _EVAL_TASKS = sorted(set(_TASKS) | {"ptb", "c4"})
 
 def _eval_task(text: str) -> str:
     """``eval --task``: one of :data:`_EVAL_TASKS`, or ``lm-eval:`` and distinct lm-eval task names."""
-    if text.startswith("lm-eval:"):
-        names = [name.strip() for name in text[len("lm-eval:"):].split(",")]
-        if not all(names) or len(set(names)) != len(names):
-            raise argparse.ArgumentTypeError(f"write lm-eval:TASK[,TASK...] with distinct names, got {text!r}")
+    if text.startswith(LM_EVAL_PREFIX):
+        try:
+            parse_lm_eval_task(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
         return text
     if text not in _EVAL_TASKS:
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(_EVAL_TASKS)} or "

@@ -69,7 +69,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     from statlab.evaluate.tasks import scored_by
     from statlab.methods import METHODS, PruningMethod
     from statlab.models.loading import load_model
-    from statlab.offload import streamed
+    from statlab.offload import check_placement, streamed
 
     unknown = [m for m in methods if not isinstance(m, PruningMethod) and m not in METHODS]
     if unknown:
@@ -80,8 +80,7 @@ def compare(model_name, task, methods, budgets, *, calibration_size=None, seed=0
     bad = [b for b in budgets if not 0 < b <= 1]
     if bad:
         raise ValueError(f"MAC budgets must lie in (0, 1], got {bad}")
-    if offload and device is None:
-        raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
+    check_placement(offload=offload, device=device)
     saved = _read_checkpoint(checkpoint)  # a file that is no checkpoint is refused before any work
     dense, tokenizer = load_model(model_name, quiet=True, dtype=dtype)
     if device is not None and not offload:

@@ -31,7 +31,7 @@ from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, 
                      check_int, check_real, check_ridge, eval_mode)
 from .methods import ModuleStats, PruningMethod, Selection, get_method
 from .models import get_adapter
-from .offload import execution_device, input_device, is_dispatched, resident, streamed
+from .offload import check_placement, execution_device, input_device, is_dispatched, resident, streamed
 from .plan import PruningPlan, apply_selection, config_hash, selection_tensors, weights_fingerprint
 from .records import KINDS, LayerRecord, ModuleKey, PruneConfig, module_keys
 
@@ -162,11 +162,9 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     accumulation_dtype(precision)  # a clear error for an unknown precision before any work
     dispatched = is_dispatched(model)
-    if dispatched and (offload or device is not None):
-        raise ValueError("the model is dispatched by accelerate (loaded with device_map=): it is pruned where it "
-                         "lies, each block on its own device; pass neither offload nor device")
-    if offload and device is None:
-        raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
+    check_placement(offload=offload, device=device,
+                    placed="the model is dispatched by accelerate (loaded with device_map=): its dispatch"
+                    if dispatched else None)
     if not offload and not dispatched and device is not None and torch.device(device) != next(model.parameters()).device:
         raise ValueError(f"the model is on {next(model.parameters()).device}, not {device}: move it there "
                          "or pass offload=True to run its blocks on the device one at a time")

@@ -162,6 +162,20 @@ def resident(model, paths, *, write=False, device=None):
                     set_module_tensor_to_device(current, name, "meta")
 
 
+def check_placement(*, offload: bool, device, placed: str | None = None) -> None:
+    """The ValueError of a placement that contradicts itself (prune, compare, evaluate_model; before any work).
+
+    ``offload`` needs the compute ``device``; ``placed`` names what already
+    placed the model (a dispatched model, a ``device_map``), which takes
+    neither ``offload`` nor ``device``.
+    """
+    if placed is not None and (offload or device is not None):
+        raise ValueError(f"{placed} places the model itself, each block on its own device: give neither "
+                         "offload nor device with it")
+    if offload and device is None:
+        raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
+
+
 def streamed(model, device, offload: bool):
     """:class:`OffloadedBlocks` over ``model``'s blocks onto ``device`` when ``offload``, else a no-op context."""
     if not offload:

@@ -184,6 +184,22 @@ def test_tokenize_batches_pads_per_batch(tokenizer):
     assert batches[1]["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
 
 
+@pytest.mark.parametrize("pairs", [False, True])
+def test_length_sorted_batches_take_the_shortest_first_and_put_results_back(tokenizer, pairs):
+    texts = ["a much longer sentence with many words", "c", "d e f", "g h", "i j k", "l"]
+    if pairs:
+        texts = [(t, "and a second part") for t in texts]
+    batches, order = data.length_sorted_batches(tokenizer, texts, batch_size=4, max_length=32)
+    by_count = [len(tokenizer(*((t[0], t[1]) if pairs else (t,)))["input_ids"]) for t in texts]
+    assert order.tolist() == sorted(range(len(texts)), key=lambda i: by_count[i])  # stable: "c" before "l"
+    assert [b["input_ids"].shape[0] for b in batches] == [4, 2]
+    # a per-text result (its token count) computed batch by batch goes back in place
+    parts = [b["attention_mask"].sum(dim=1) for b in batches]
+    back = torch.empty(len(texts), dtype=torch.long)
+    back[order] = torch.cat(parts)
+    assert back.tolist() == by_count
+
+
 @needs_data
 def test_token_windows_cover_the_split(tokenizer):
     windows = data.token_windows(tokenizer, "test", window=512)

@@ -193,6 +193,6 @@ def test_cli_eval_runs_lm_eval_tasks_on_a_saved_model(tmp_path, model, tokenizer
     assert result["scored_by"] == "lm-eval" and result["seq_len"] == 512
     assert result["metrics"]["tasks"][TASK]["acc"] == pytest.approx(by_hand(model, tokenizer, DOCS)["acc"])
     assert cli.main(["eval", str(path), "--task", "lm-eval:a,,b"]) == 2
-    assert "distinct names" in capsys.readouterr().err
+    assert "empty task name" in capsys.readouterr().err
     assert cli.main(["eval", "minilm", "--task", f"lm-eval:{TASK}"]) == 2
     assert "causal language model" in capsys.readouterr().err

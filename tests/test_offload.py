@@ -140,3 +140,16 @@ def test_every_method_prunes_a_dispatched_model_as_a_plain_one(tmp_path, method)
     assert [l["attn_kept"] for l in a.layers] == [l["attn_kept"] for l in b.layers]
     for name, tensor in a.tensors.items():
         torch.testing.assert_close(b.tensors[name], tensor, rtol=0, atol=0)
+
+
+def test_one_placement_check_for_prune_compare_and_evaluate():
+    from statlab.offload import check_placement
+
+    check_placement(offload=False, device=None)
+    check_placement(offload=True, device="cuda")
+    check_placement(offload=False, device=None, placed="device_map")
+    with pytest.raises(ValueError, match="needs the compute device"):
+        check_placement(offload=True, device=None)
+    for offload, device in ((True, "cuda"), (False, "cpu")):
+        with pytest.raises(ValueError, match="device_map places the model itself"):
+            check_placement(offload=offload, device=device, placed="device_map")

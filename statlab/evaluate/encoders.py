@@ -101,12 +101,8 @@ def stsb_spearman(
 
 def _embed_texts(model, tokenizer, texts, batch_size, disable_progress) -> torch.Tensor:
     """Embeddings ``(S, d)`` of ``texts``, batched by token count to cut padding."""
-    texts = list(texts)
-    encoded = tokenizer(texts, truncation=True, max_length=_MAX_LENGTH)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    batches = data.tokenize_batches(
-        tokenizer, [texts[i] for i in order], max_length=_MAX_LENGTH, batch_size=batch_size
-    )
+    batches, order = data.length_sorted_batches(tokenizer, list(texts), max_length=_MAX_LENGTH,
+                                                batch_size=batch_size)
     sorted_embeddings = mean_pooled_embeddings(model, batches, disable_progress=disable_progress)
     embeddings = torch.empty_like(sorted_embeddings)
     embeddings[order] = sorted_embeddings

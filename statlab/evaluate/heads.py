@@ -170,17 +170,13 @@ def head_metrics(model, tokenizer, task: str, *, limit: int | None = None, batch
 
 def _head_logits(model, tokenizer, texts, batch_size, max_length, disable_progress) -> torch.Tensor:
     """Logits ``(S, C)`` in fp32 on the CPU, examples batched by length to cut padding."""
-    lengths = [len(ids) for ids in tokenizer(*map(list, zip(*texts)), truncation=True,
-                                             max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
-    batches = data.tokenize_batches(tokenizer, [texts[i] for i in order], max_length=max_length,
-                                    batch_size=batch_size)
+    batches, order = data.length_sorted_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
     parts = []
     with _eval_mode(model), torch.inference_mode():
         for batch in tqdm(batches, desc="head", unit="batch", disable=disable_progress):
             parts.append(model(**_model_inputs(model, batch)).logits.float().cpu())  # (B, C)
     logits = torch.empty_like(torch.cat(parts))
-    logits[torch.from_numpy(order)] = torch.cat(parts)
+    logits[order] = torch.cat(parts)
     return logits
 
 

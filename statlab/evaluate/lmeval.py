@@ -25,32 +25,10 @@ import random
 
 import numpy as np
 
+from statlab.calibration import LM_EVAL_PREFIX as PREFIX, parse_lm_eval_task  # noqa: F401  (torch-free, for the CLI)
+
 MISSING_EXTRA = "zero-shot tasks need the lmeval extra: pip install 'statlab-prune[lmeval]'"
-PREFIX = "lm-eval:"
 METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
-
-
-def parse_lm_eval_task(text: str) -> list[str]:
-    """The task names of the CLI spelling ``lm-eval:piqa,arc_easy`` -> ``["piqa", "arc_easy"]``.
-
-    Raises
-    ------
-    ValueError
-        ``text`` does not start with ``lm-eval:``, names no task, has an empty
-        name (``lm-eval:piqa,,arc_easy``) or names a task twice.
-    """
-    if not text.startswith(PREFIX):
-        raise ValueError(f"{text!r} is not an lm-eval task list: write {PREFIX}TASK[,TASK...], "
-                         f"e.g. {PREFIX}piqa,arc_easy")
-    names = [name.strip() for name in text[len(PREFIX):].split(",")]
-    if names == [""]:
-        raise ValueError(f"{text!r} names no task: write {PREFIX}TASK[,TASK...], e.g. {PREFIX}piqa,arc_easy")
-    if "" in names:
-        raise ValueError(f"{text!r} has an empty task name: separate names by single commas, no trailing comma")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"{text!r} names {', '.join(repeated)} more than once")
-    return names
 
 
 def zero_shot(model, tokenizer, tasks: list[str], *, limit: int | None = None, batch_size: int = 8,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from statlab.calibration import DEFAULT_WINDOW, PERPLEXITY_TASKS, QA_TASKS, cost_seq_len
 from statlab.costs import block_macs
-from statlab.offload import input_device, is_dispatched, streamed
+from statlab.offload import check_placement, input_device, is_dispatched, streamed
 from statlab.plan import PruningPlan
 
 from .decoders import decoder_perplexity
@@ -234,10 +234,7 @@ def evaluate_model(model_or_dir, task, *, limit=None, seed=0, window=DEFAULT_WIN
         _perplexity_corpus(task, corpus, None, window, seed)  # a missing text is refused before any work
     if corpus is not None and task not in DECODER_TASKS:
         raise ValueError(f"a corpus ({corpus.name}) is perplexity text; task {task} does not take one")
-    if device_map is not None and (offload or device is not None):
-        raise ValueError("device_map places the model itself: give neither device nor offload with it")
-    if offload and device is None:
-        raise ValueError("offload=True needs the compute device, e.g. device='cuda'")
+    check_placement(offload=offload, device=device, placed=None if device_map is None else "device_map")
     placement = {"device_map": device_map, "offload_folder": offload_folder}
     plan = None
     if (Path(model_or_dir) / "plan.json").exists():  # a damaged plan is reported as one, not as a model

@@ -187,7 +187,8 @@ def weighted_pivots(G: torch.Tensor, weights: torch.Tensor | None = None):
     scaled = G.to(torch.float64)
     if weights is not None:
         w = _check_weights(weights, G.shape[0]).to(scaled)
-        scaled = scaled * w[:, None] * w[None, :]
+        scaled = scaled * w[:, None]  # a new (n, n) tensor, scaled by columns in place: one copy of G, not two
+        scaled.mul_(w[None, :])
     perm, pivots, removed = (x.to(G.device) for x in pivoted_cholesky(scaled))
     return perm, pivots, removed, scaled.diagonal().sum()
 

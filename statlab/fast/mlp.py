@@ -52,6 +52,7 @@ def prune_mlp_from_gram(G: torch.Tensor, W_out: torch.Tensor, k: int, *, ridge: 
         ``weight = W2 @ T.T (out, k)`` in fp64 and the relative output error
         curve over ``k = 0..n`` (see :func:`output_residuals_from_gram`).
     """
+    G = G.to(torch.float64)  # once, for the pivots, the coefficients and the curve
     W_out = W_out.detach().to(device=G.device, dtype=torch.float64)
     weights = W_out.norm(dim=0)  # (n,)
     if not 0 <= k <= G.shape[0]:
@@ -85,7 +86,7 @@ def output_residuals_from_gram(G: torch.Tensor, W_out: torch.Tensor, order: torc
     """
     G = G.to(torch.float64)
     W = W_out.to(device=G.device, dtype=torch.float64)[:, order]  # (out, n)
-    G = G[order][:, order]  # a copy: its diagonal takes the jitter in place (G + jitter·I without an (n, n) eye)
+    G = G[order[:, None], order[None, :]]  # one gather, a copy: its diagonal takes the jitter in place (no eye)
     jitter = 10 * torch.finfo(torch.float64).eps * G.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
     G.diagonal().add_(jitter)
     L, _ = torch.linalg.cholesky_ex(G)
