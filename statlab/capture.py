@@ -219,7 +219,8 @@ def _available_host_memory() -> int:
 
 
 def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=None,
-            replay: LayerReplay | None = None, outputs_of: str | None = None, precision="fp64", keep=()):
+            replay: LayerReplay | None = None, outputs_of: str | None = None, precision="fp64", keep=(),
+            similarity_of: str | None = None):
     """Run the calibration batches and collect the inputs of the named linear maps.
 
     Parameters
@@ -245,6 +246,11 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
         Labels of ``targets`` whose inputs are also kept as they came, one
         tensor ``(batch, seq, in)`` per batch, padding included, under the key
         ``"kept"``: ``{label: list}`` (for :meth:`LayerReplay.stand_in`).
+    similarity_of : str, optional
+        Path of the ``nn.ModuleList`` of blocks: the mean cosine between each
+        block's input and output hidden states over the non-padded tokens,
+        ``(blocks,)`` float64 under the key ``"layer similarity"`` (SlimLLM's
+        ``s_l``); the forward then runs through the last block.
 
     Returns
     -------
@@ -290,7 +296,28 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
                 raise _StopForward
 
         handles.append(model.get_submodule(outputs_of).register_forward_hook(record_output))
-    wanted = set(recorders) | ({"outputs"} if outputs_of is not None else set())
+    similarity = None
+    if similarity_of is not None:
+        blocks = model.get_submodule(similarity_of)
+        similarity = {"sums": torch.zeros(len(blocks), dtype=torch.float64), "tokens": 0, "inputs": {}}
+        for i, block in enumerate(blocks):
+            def before(module, args, kwargs, i=i):
+                similarity["inputs"][i] = args[0] if args else kwargs["hidden_states"]
+
+            def after(module, args, kwargs, output, i=i):
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                cos = torch.nn.functional.cosine_similarity(out.double(), similarity["inputs"].pop(i).double(), dim=-1)
+                mask = state["mask"]
+                similarity["sums"][i] += (cos.sum() if mask is None else cos[mask.to(cos.device)].sum()).cpu()
+                if i == len(blocks) - 1:
+                    state["seen"].add("layer similarity")
+                    if stop_early and state["seen"] >= wanted:
+                        raise _StopForward
+
+            handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
+            handles.append(block.register_forward_hook(after, with_kwargs=True))
+    wanted = (set(recorders) | ({"outputs"} if outputs_of is not None else set())
+              | ({"layer similarity"} if similarity is not None else set()))
     try:
         with torch.no_grad():
             for i, batch in enumerate(tqdm(batches, desc=desc or "capture", leave=False, disable=None)):
@@ -299,6 +326,8 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
                 batch = model_inputs(model, batch)
                 mask = batch.get("attention_mask")
                 state["mask"] = None if mask is None else mask.bool()
+                if similarity is not None:
+                    similarity["tokens"] += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
                 state["seen"] = set()
                 try:
                     model(**batch)
@@ -311,4 +340,6 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
         recorders["outputs"] = outputs
     if kept:
         recorders["kept"] = kept
+    if similarity is not None:
+        recorders["layer similarity"] = (similarity["sums"] / max(similarity["tokens"], 1)).numpy()
     return recorders

@@ -241,14 +241,16 @@ class _Run:
         needs = set(pruner.needs) if not self.propagate else set()
         if pruner.sizes_read_data:
             needs |= set(pruner.needs) | {"activations"}
+        similarity = "layer_similarity" in pruner.sizes_needs
         captured = None
-        if needs:
+        if needs or similarity:
             with self.clock("dense pass"):
                 # With propagation the dense pass only draws the sizes: fp32 Grams
                 # (floor ~3e-4 relative) are ample for that and cost less than fp64.
                 precision = "fp32" if self.propagate and config.precision == "fp64" else config.precision
                 captured = capture(self.model, self.calibration, _targets(self.blocks, needs),
-                                   backend=config.backend, desc="dense pass", precision=precision)
+                                   backend=config.backend, desc="dense pass", precision=precision,
+                                   similarity_of=self.adapter.layers_path(self.model) if similarity else None)
         by_index = {b.index: b for b in self.blocks}
         modules = {}
         for index in dict.fromkeys(k.layer for k in keys):  # each block's modules in one visit
@@ -423,6 +425,8 @@ def _module(model, block, part, captured, backend, ridge, *, propagated=False) -
     W_out = out_map.weight
     W_in = tuple(model.get_submodule(p).weight for p in (block.attn_in if attention else block.mlp_in))
     label = str(ModuleKey(block.index, part))
+    similarity = None if captured is None or "layer similarity" not in captured else \
+        float(captured["layer similarity"][block.index])
     recorder = None if captured is None else captured.get(label)
     inputs = None if captured is None else captured.get(f"{label} inputs")
     return ModuleStats(
@@ -434,7 +438,7 @@ def _module(model, block, part, captured, backend, ridge, *, propagated=False) -
         inputs=None if inputs is None else backend.data(inputs),
         inputs_mean=None if inputs is None else inputs.mean,
         heads_per_unit=block.heads_per_unit if attention else 1, head_dim=block.head_dim if attention else 0,
-        ridge=ridge, b_out=out_map.bias, propagated=propagated,
+        ridge=ridge, b_out=out_map.bias, propagated=propagated, layer_similarity=similarity,
     )
 
 

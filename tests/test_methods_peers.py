@@ -263,6 +263,21 @@ def test_slimllm_piecewise_keep():
     assert slim_lib.piecewise_keep(scores, 0) == [] and len(slim_lib.piecewise_keep(scores, 200)) == 200
 
 
+def test_slimllm_reads_the_similarity_from_the_drivers_dense_pass(monkeypatch):
+    """No forward pass of its own: one capture supplies s_l, and the sizes equal the ones s_l computed directly."""
+    from statlab import driver
+
+    model, calibration = tiny_bert(layers=3), batches(3)
+    direct = slim_lib.layer_similarity(model, get_adapter(model), calibration)
+    passes = []
+    real = driver.capture
+    monkeypatch.setattr(driver, "capture", lambda *a, **k: passes.append(k.get("similarity_of")) or real(*a, **k))
+    monkeypatch.setattr(slim_lib, "capture", lambda *a, **k: pytest.fail("SlimLLM ran a pass of its own"))
+    plan = statlab.prune(copy.deepcopy(model), calibration, mac_fraction=0.6, method="slimllm", base="tiny")
+    assert passes == ["encoder.layer"]  # the one dense pass, for s_l alone (the selections propagate)
+    np.testing.assert_array_equal(plan.meta["slimllm_layer_similarity"], direct)
+
+
 def test_slimllm_layer_similarity_and_shares():
     model, calibration = tiny_bert(layers=2), batches(2)
     adapter = get_adapter(model)

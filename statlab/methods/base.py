@@ -31,6 +31,12 @@ NEEDS = frozenset({"activations", "inputs"})
 input: ``ModuleStats.stats``, ``mean``, ``rows``) and ``inputs`` (the module's
 input ``x``: ``ModuleStats.inputs``, ``inputs_mean``)."""
 
+SIZES_NEEDS = frozenset({"layer_similarity"})
+"""What a method's sizes may read of the dense pass besides the statistics
+of :data:`NEEDS`: ``layer_similarity`` (the mean cosine, over the calibration
+tokens, between each block's input and output hidden states:
+``ModuleStats.layer_similarity``)."""
+
 
 @dataclass
 class ModuleStats:
@@ -74,6 +80,10 @@ class ModuleStats:
     propagated : bool
         The statistics were computed through the pruned layers below (False:
         the dense model's, or none).
+    layer_similarity : float, optional
+        Mean cosine between the block's input and output hidden states on the
+        dense model, padding excluded (the same for a layer's two modules),
+        when the method's ``sizes_needs`` holds ``"layer_similarity"``.
     cache : dict
         The method's own per-module results, kept while this object lives: the
         driver hands the same object to ``sizes`` and ``select`` when their
@@ -98,6 +108,7 @@ class ModuleStats:
     ridge: float = 0.0
     b_out: torch.Tensor | None = None
     propagated: bool = False
+    layer_similarity: float | None = None
     cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -192,6 +203,10 @@ class PruningMethod:
         :meth:`sizes` reads the dense pass's statistics (False: the driver runs
         no dense pass when the selections get propagated ones, and ``modules``
         holds None).
+    sizes_needs : frozenset of str
+        What else :meth:`sizes` reads of the dense model, a subset of
+        :data:`SIZES_NEEDS`; the driver's dense pass supplies it (run for it
+        alone if need be), so a method needs no forward pass of its own.
     propagates : bool
         With ``propagate=True``, the pruning pass recomputes each module's
         statistics through the already pruned layers below.
@@ -200,19 +215,22 @@ class PruningMethod:
     name = ""
     needs = frozenset({"activations"})
     sizes_read_data = False
+    sizes_needs = frozenset()
     propagates = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        unknown = set(cls.needs) - NEEDS
-        if unknown:
-            raise TypeError(f"{cls.__name__}.needs: unknown {sorted(unknown)}; the driver supplies {sorted(NEEDS)}")
-        cls.needs = frozenset(cls.needs)
+        for attribute, known in (("needs", NEEDS), ("sizes_needs", SIZES_NEEDS)):
+            unknown = set(getattr(cls, attribute)) - known
+            if unknown:
+                raise TypeError(f"{cls.__name__}.{attribute}: unknown {sorted(unknown)}; the driver supplies "
+                                f"{sorted(known)}")
+            setattr(cls, attribute, frozenset(getattr(cls, attribute)))
 
     @property
     def captures(self) -> bool:
         """Whether the method reads calibration statistics at all."""
-        return bool(self.needs) or self.sizes_read_data
+        return bool(self.needs) or self.sizes_read_data or bool(self.sizes_needs)
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0):
         self.seed = check_int("seed", seed, minimum=0)

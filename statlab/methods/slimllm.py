@@ -94,11 +94,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from statlab.inputs import model_inputs
+from statlab.capture import capture
 from statlab.reference import budget as budget_lib
 
 from .base import PruningMethod, Selection, SizeChoice, unit_columns
-from .goa import token_mask
 
 # --------------------------------------------------------------------------- attention: Pearson similarity
 
@@ -242,35 +241,12 @@ def output_regression(W: torch.Tensor, G: torch.Tensor, mean, rows: int, cols, *
 
 
 def layer_similarity(model, adapter, calibration) -> np.ndarray:
-    """``s_l``: mean over non-padded tokens of ``cos(input, output)`` of every layer (dense model)."""
-    layers = model.get_submodule(adapter.layers_path(model))
-    sums = np.zeros(len(layers))
-    state = {"mask": None, "inputs": {}}
-    handles = []
-    for i, layer in enumerate(layers):
-        def before(module, args, kwargs, i=i):
-            state["inputs"][i] = args[0] if args else kwargs["hidden_states"]
+    """``s_l``: mean over non-padded tokens of ``cos(input, output)`` of every layer (dense model), shape (L,).
 
-        def after(module, args, kwargs, output, i=i):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            cos = torch.nn.functional.cosine_similarity(out.double(), state["inputs"].pop(i).double(), dim=-1)
-            mask = state["mask"]
-            sums[i] += float(cos.sum() if mask is None else cos[mask].sum())
-        handles.append(layer.register_forward_pre_hook(before, with_kwargs=True))
-        handles.append(layer.register_forward_hook(after, with_kwargs=True))
-    tokens = 0
-    try:
-        with torch.no_grad():
-            for batch in calibration:
-                inputs = model_inputs(model, batch)
-                mask = token_mask(inputs)
-                state["mask"] = mask
-                tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
-                model(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return sums / max(tokens, 1)
+    What the driver's dense pass supplies as ``ModuleStats.layer_similarity``
+    (``sizes_needs``), for a model outside a prune.
+    """
+    return capture(model, calibration, {}, similarity_of=adapter.layers_path(model))["layer similarity"]
 
 
 def default_alpha(fraction: float) -> float:
@@ -360,6 +336,7 @@ class SlimLLM(PruningMethod):
 
     name = "slimllm"
     needs = frozenset({"activations", "inputs"})
+    sizes_needs = frozenset({"layer_similarity"})  # Eq. 11's layer ratios, from the driver's dense pass
     propagates = True  # the code prunes each layer on the outputs of the pruned layers below
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0, alpha: float | None = None,
@@ -368,17 +345,15 @@ class SlimLLM(PruningMethod):
         super().__init__(seed=seed, ridge=ridge)
         self.alpha, self.skip_layers, self.protect = alpha, skip_layers, protect
         self.greedy, self.intercept = bool(greedy), bool(intercept)
-        self.similarity = None
         if not self.intercept:
             self.label = "slimllm (no intercept)"
-
-    def prepare(self, model, adapter, blocks, calibration):
-        self.similarity = layer_similarity(model, adapter, calibration)
 
     def sizes(self, modules, costs, fraction, adapter):
         keys = list(costs)
         L = len({k.layer for k in keys})
-        sim = self.similarity if self.similarity is not None else np.ones(L)
+        by_layer = {k.layer: modules[k].layer_similarity for k in keys if modules.get(k) is not None}
+        sim = np.array([by_layer[layer] for layer in sorted(by_layer)]) if len(by_layer) == L and \
+            None not in by_layer.values() else np.ones(L)
         alpha = self.alpha if self.alpha is not None else default_alpha(fraction)
         skip = self.skip_layers if self.skip_layers is not None else int(round(L / 16))
         skip = min(max(skip, 0), L - 1)
