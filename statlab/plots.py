@@ -52,20 +52,23 @@ def plot_plan(plan, path=None, *, title=None):
         ax.bar(x, [len(l[key]) for l in layers], color="C0", label="kept")
         ax.set_xlabel("layer")
         ax.set_ylabel(label)
-        ax.set_xticks(x)
+        ax.set_xticks(x[::max(1, -(-len(x) // 16))])  # at most 16 labels: 30 layers' ticks would overlap
         ax.legend(loc="lower right", fontsize=8)
     ax = axes[2]
+    # up to 10 layers: the qualitative cycle; more: one sequential map, bottom (dark) to top (light)
+    colors = [f"C{i}" for i in range(len(layers))] if len(layers) <= 10 else \
+        [plt.cm.viridis(i / (len(layers) - 1)) for i in range(len(layers))]
     for i, l in enumerate(layers):
         for key, style in (("attn_residuals", "--"), ("mlp_residuals", "-")):
             curve = l.get(key)
             if curve:
                 frac = np.arange(len(curve)) / (len(curve) - 1)
-                ax.plot(frac, curve, style, color=f"C{i % 10}", lw=1,
+                ax.plot(frac, curve, style, color=colors[i], lw=1,
                         label=f"layer {i}" if key == "mlp_residuals" else None)
     ax.set_xlabel("fraction of units kept")
     ax.set_ylabel("relative output error")
-    ax.set_title("residual curves (— MLP, -- attention)", fontsize=9)
-    ax.set_yscale("log")
+    ax.set_title("residual curves (— MLP, -- attention; r = 0 at all units kept is not drawn)", fontsize=9)
+    ax.set_yscale("log", nonpositive="mask")  # r(units) = 0 would be clipped into a vertical drop
     ax.set_ylim(1e-3, 1.2)
     ax.legend(fontsize=7, ncol=2)
     budget = ", ".join(f"{k}={v}" for k, v in plan.meta["budget"].items())

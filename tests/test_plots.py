@@ -29,3 +29,22 @@ def test_compare_draw_and_plot_curve_draw_the_same_method_lines():
     assert ax0.get_ylabel() == "wikitext2 perplexity" and ax1.get_ylabel() == "perplexity"
     plt.close(fig)
     plt.close(curve)
+
+
+def test_plot_plan_masks_the_zero_end_of_the_curves_and_thins_the_layer_ticks():
+    import statlab
+    from statlab.plan import PruningPlan
+
+    layers = [{"index": i, "attn_units": 3, "attn_kept": [0, 1], "mlp_units": 4, "mlp_kept": [0, 2],
+               "attn_residuals": [1.0, 0.5, 0.1, 0.0], "mlp_residuals": [1.0, 0.4, 0.2, 0.05, 0.0]}
+              for i in range(30)]
+    plan = PruningPlan({"base": "tiny", "method": "stat", "budget": {"sparsity": 0.2}}, layers, {})
+    fig = statlab.plots.plot_plan(plan)
+    bars, neurons, curves = fig.axes
+    assert len(bars.get_xticks()) <= 16 and len(neurons.get_xticks()) <= 16
+    line = curves.lines[1]  # layer 0's MLP curve
+    y = np.ma.masked_invalid(curves.transData.transform(np.column_stack([line.get_xdata(), line.get_ydata()]))[:, 1])
+    assert np.isfinite(y[:-1]).all() and not np.isfinite(y[-1])  # the r = 0 point is masked, not clipped to the axis
+    assert len({tuple(l.get_color()) if not isinstance(l.get_color(), str) else l.get_color()
+                for l in curves.lines[1::2]}) == 30  # one colour per layer
+    statlab.plots.pyplot().close(fig)
