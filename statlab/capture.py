@@ -8,6 +8,8 @@ backend) or into NumPy matrices (reference backend).
 
 from __future__ import annotations
 
+import os
+
 import torch
 from tqdm import tqdm
 
@@ -180,7 +182,7 @@ class _CachedOutput(torch.nn.Module):
 def cache_bytes(batches, width: int, dtype) -> int:
     """Bytes of one output-map input cached over ``batches``: padded tokens × ``width`` × the dtype's size."""
     tokens = sum(int(b["input_ids"].numel()) for b in batches)
-    return tokens * width * torch.empty((), dtype=dtype).element_size()
+    return tokens * width * dtype.itemsize
 
 
 CACHE_SHARE = 0.25
@@ -202,7 +204,7 @@ def cache_fits(nbytes: int, device) -> bool:
 
 
 def _available_host_memory() -> int:
-    """Bytes of host memory available to new allocations (Linux ``MemAvailable``; else the physical size)."""
+    """Bytes of host memory available to new allocations (Linux ``MemAvailable``; else the free pages; else 0)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -210,8 +212,6 @@ def _available_host_memory() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
-
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
