@@ -8,14 +8,17 @@ backend) or into NumPy matrices (reference backend).
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
+from accelerate.hooks import remove_hook_from_module
+from accelerate.utils import send_to_device
 from tqdm import tqdm
 
 from statlab.backends import BACKENDS, MatrixRecorder, get_backend  # noqa: F401  (MatrixRecorder: its old home)
 from statlab.inputs import check_calibration, model_inputs
-from statlab.offload import execution_device
+from statlab.offload import align_hook, execution_device
 from statlab.surgery import replace_module, unit_rows  # unit_rows: a unit's rows of W_in are its columns of W_out
 
 
@@ -179,6 +182,91 @@ class _CachedOutput(torch.nn.Module):
         return (y, None) if self.attention else y
 
 
+class DenseStream:
+    """The calibration's hidden states through the *dense* blocks, beside the pruning (the ``dense_outputs`` need).
+
+    Methods whose corrections aim at the dense model's outputs (GOA's
+    recovery, Kwon et al.'s mask tuning) need, for every module, the cross
+    moment ``Z'ᵀ(Z − Z')`` of the input ``Z'`` its output map gets in the
+    pruned model with the input ``Z`` the dense model gives it on the same
+    tokens (and ``x'ᵀ(x − x')`` of the module inputs). The stream holds the
+    dense inputs of one block per calibration batch and a copy of that block
+    taken before its surgery; while :func:`capture` runs the block (through
+    the pruned ones below), the copy runs on the same batch's dense inputs
+    first, with the same masks and position embeddings, so both activations
+    meet in the capture's hooks one batch at a time. The pass that captures a
+    block's MLP also records the copy's outputs: the next block's dense inputs.
+
+    Blocks are visited bottom-up, each :meth:`begin` before its surgery.
+    Memory: one block's weights and ``tokens × d`` hidden states in the
+    model's dtype.
+    """
+
+    def __init__(self, model, layers_path):
+        self.model, self.layers_path = model, layers_path
+        self.index = -1  # the block whose dense copy runs (-1: none yet)
+        self.block = None  # that copy
+        self.inputs = None  # per batch its dense inputs; None at block 0, whose inputs are the model's own
+        self.outputs = {}  # batch -> the copy's outputs, recorded while the block's MLP is captured
+
+    @property
+    def path(self) -> str:
+        return f"{self.layers_path}.{self.index}"
+
+    def begin(self, index: int) -> None:
+        """Take block ``index`` (still dense) as the stream's block; its dense inputs are the last one's outputs."""
+        if index == self.index:
+            return
+        if index != self.index + 1:
+            raise RuntimeError(f"the dense stream is at block {self.index}: blocks must be visited bottom-up "
+                               f"(asked for {index})")
+        if index > 0:
+            if not self.outputs:
+                raise RuntimeError(f"block {self.index}'s dense outputs were never recorded (capture its MLP "
+                                   "with record_dense=True)")
+            self.inputs = [self.outputs[b] for b in sorted(self.outputs)]
+        self.outputs = {}
+        layer = self.model.get_submodule(f"{self.layers_path}.{index}")
+        # accelerate's hooks (and their maps of offloaded weights) stay with the model: the copy is plain
+        keep = {id(h.weights_map): h.weights_map for m in layer.modules()
+                if (h := align_hook(m)) is not None and h.weights_map is not None}
+        self.block = copy.deepcopy(layer, keep)
+        remove_hook_from_module(self.block, recurse=True)
+        self.index = index
+
+    def run(self, batch: int, args, kwargs, record: dict, *, full: bool) -> dict:
+        """The dense copy on ``batch``: ``{label: input of the submodule at record[label]}`` (relative paths).
+
+        ``args``/``kwargs``: the call the pruned block received (its hidden
+        states are replaced by the dense ones). ``full`` runs the whole block
+        and keeps its outputs for the next block; otherwise it stops once every
+        recorded input was seen.
+        """
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        if self.inputs is not None:
+            hidden = self.inputs[batch]
+        device = next(self.block.parameters()).device
+        hidden, rest, kwargs = send_to_device((hidden, tuple(args[1:]), kwargs), device)
+        got, handles = {}, []
+        for label, path in record.items():
+            def hook(module, inputs, label=label):
+                got[label] = inputs[0]
+                if not full and len(got) == len(record):
+                    raise _StopForward
+            handles.append(self.block.get_submodule(path).register_forward_pre_hook(hook))
+        try:
+            out = self.block(hidden, *rest, **kwargs)
+        except _StopForward:
+            out = None
+        finally:
+            for h in handles:
+                h.remove()
+        if full:
+            self.outputs[batch] = out[0] if isinstance(out, (tuple, list)) else out
+        return got
+
+
 def cache_bytes(batches, width: int, dtype) -> int:
     """Bytes of one output-map input cached over ``batches``: padded tokens × ``width`` × the dtype's size."""
     tokens = sum(int(b["input_ids"].numel()) for b in batches)
@@ -220,7 +308,8 @@ def _available_host_memory() -> int:
 
 def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=None,
             replay: LayerReplay | None = None, outputs_of: str | None = None, precision="fp64", keep=(),
-            similarity_of: str | None = None):
+            similarity_of: str | None = None, dense: DenseStream | None = None, record_dense: bool = False,
+            attention_of: dict | None = None, summarise=None):
     """Run the calibration batches and collect the inputs of the named linear maps.
 
     Parameters
@@ -251,6 +340,20 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
         block's input and output hidden states over the non-padded tokens,
         ``(blocks,)`` float64 under the key ``"layer similarity"`` (SlimLLM's
         ``s_l``); the forward then runs through the last block.
+    dense : DenseStream, optional
+        Pair every target inside the stream's block with the dense model's:
+        ``Z'ᵀ(Z − Z')`` (in, in) fp64 on the map's device, under the key
+        ``"dense error"``: ``{label: Tensor}`` (padding excluded), whichever
+        the backend. ``record_dense`` also records the dense block's outputs
+        (:meth:`DenseStream.run`'s ``full``).
+    attention_of : dict[str, str], optional
+        ``{label: path of an attention module}`` whose forward returns its
+        probabilities second (run it inside the adapter's ``attention_maps``):
+        ``summarise(probs (batch, heads, q, k), rows)`` (``rows`` the bool
+        mask of real query positions ``(batch, q)``, or None) is summed over
+        the batches and divided by the number of real query positions, under
+        the key ``"attention"``: ``{label: Tensor or None}`` (None where the
+        module returned no probabilities).
 
     Returns
     -------
@@ -271,7 +374,16 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     unknown = set(kept) - set(targets)
     if unknown:
         raise ValueError(f"keep names labels that are not capture targets: {sorted(unknown)}")
-    state = {"mask": None, "seen": set()}
+    state = {"mask": None, "seen": set(), "batch": 0, "dense": {}}
+    paired, errors = {}, {}
+    if dense is not None:
+        prefix = dense.path + "."
+        paired = {label: path[len(prefix):] for label, path in targets.items() if path.startswith(prefix)}
+
+        def enter(module, args, kwargs):
+            state["dense"] = dense.run(state["batch"], args, kwargs, paired, full=record_dense)
+
+        handles.append(model.get_submodule(dense.path).register_forward_pre_hook(enter, with_kwargs=True))
     for label, path in targets.items():
         linear = _linear(model, label, path)
         n = linear.in_features
@@ -280,6 +392,8 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
 
         def hook(module, args, label=label):
             recorders[label].update(args[0], state["mask"])
+            if label in paired:
+                _add_error(errors, label, args[0], state["dense"][label], state["mask"])
             if label in kept:
                 kept[label].append(args[0].detach())
             state["seen"].add(label)
@@ -299,7 +413,7 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     similarity = None
     if similarity_of is not None:
         blocks = model.get_submodule(similarity_of)
-        similarity = {"sums": torch.zeros(len(blocks), dtype=torch.float64), "tokens": 0, "inputs": {}}
+        similarity = {"sums": torch.zeros(len(blocks), dtype=torch.float64), "inputs": {}}
         for i, block in enumerate(blocks):
             def before(module, args, kwargs, i=i):
                 similarity["inputs"][i] = args[0] if args else kwargs["hidden_states"]
@@ -316,18 +430,36 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
 
             handles.append(block.register_forward_pre_hook(before, with_kwargs=True))
             handles.append(block.register_forward_hook(after, with_kwargs=True))
+    attention = {}
+    if attention_of:
+        if summarise is None:
+            raise ValueError("attention_of needs summarise, the reduction of one batch's attention probabilities")
+        attention = {label: None for label in attention_of}
+        for label, path in attention_of.items():
+            def probabilities(module, args, output, label=label):
+                probs = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+                if probs is not None:
+                    part = summarise(probs.detach(), state["mask"])
+                    attention[label] = part if attention[label] is None else attention[label] + part
+                state["seen"].add(f"{label} attention")
+                if stop_early and state["seen"] >= wanted:
+                    raise _StopForward
+
+            handles.append(model.get_submodule(path).register_forward_hook(probabilities))
+    queries = 0
     wanted = (set(recorders) | ({"outputs"} if outputs_of is not None else set())
-              | ({"layer similarity"} if similarity is not None else set()))
+              | ({"layer similarity"} if similarity is not None else set())
+              | {f"{label} attention" for label in attention})
     try:
         with torch.no_grad():
             for i, batch in enumerate(tqdm(batches, desc=desc or "capture", leave=False, disable=None)):
                 if replay is not None:
                     replay.batch = i
+                state["batch"] = i
                 batch = model_inputs(model, batch)
                 mask = batch.get("attention_mask")
                 state["mask"] = None if mask is None else mask.bool()
-                if similarity is not None:
-                    similarity["tokens"] += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+                queries += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
                 state["seen"] = set()
                 try:
                     model(**batch)
@@ -341,5 +473,21 @@ def capture(model, batches, targets, *, backend="fast", stop_early=True, desc=No
     if kept:
         recorders["kept"] = kept
     if similarity is not None:
-        recorders["layer similarity"] = (similarity["sums"] / max(similarity["tokens"], 1)).numpy()
+        recorders["layer similarity"] = (similarity["sums"] / max(queries, 1)).numpy()
+    if dense is not None:
+        recorders["dense error"] = errors
+    if attention_of:
+        recorders["attention"] = {label: None if a is None else a / max(queries, 1) for label, a in attention.items()}
     return recorders
+
+
+def _add_error(errors: dict, label: str, pruned: torch.Tensor, dense: torch.Tensor, mask) -> None:
+    """``errors[label] += Z'ᵀ(Z − Z')`` over the real tokens of one batch, in fp64 on ``Z'``'s device."""
+    n = pruned.shape[-1]
+    Zp = pruned.reshape(-1, n).to(torch.float64)
+    Z = dense.reshape(-1, n).to(device=Zp.device, dtype=torch.float64)
+    if mask is not None:
+        rows = mask.reshape(-1).to(Zp.device)
+        Zp, Z = Zp[rows], Z[rows]
+    part = Zp.T @ (Z - Zp)
+    errors[label] = part if label not in errors else errors[label] + part

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import time
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from statlab.reference import budget as budget_lib
 
 from .backends import get_backend
-from .capture import BACKENDS, LayerReplay, cache_bytes, cache_fits, capture
+from .capture import BACKENDS, DenseStream, LayerReplay, cache_bytes, cache_fits, capture
 from .costs import module_costs
 from .fast.gram import accumulation_dtype
 from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters,
@@ -242,15 +243,21 @@ class _Run:
         if pruner.sizes_read_data:
             needs |= set(pruner.needs) | {"activations"}
         similarity = "layer_similarity" in pruner.sizes_needs
+        attention = "attention_probs" in pruner.sizes_needs
         captured = None
-        if needs or similarity:
-            with self.clock("dense pass"):
+        if needs or similarity or attention:
+            # the probabilities come from the eager attention only, switched on for this pass by the adapter
+            maps = self.adapter.attention_maps(self.model) if attention else contextlib.nullcontext()
+            with self.clock("dense pass"), maps:
                 # With propagation the dense pass only draws the sizes: fp32 Grams
                 # (floor ~3e-4 relative) are ample for that and cost less than fp64.
                 precision = "fp32" if self.propagate and config.precision == "fp64" else config.precision
                 captured = capture(self.model, self.calibration, _targets(self.blocks, needs),
                                    backend=config.backend, desc="dense pass", precision=precision,
-                                   similarity_of=self.adapter.layers_path(self.model) if similarity else None)
+                                   similarity_of=self.adapter.layers_path(self.model) if similarity else None,
+                                   attention_of={str(ModuleKey(b.index, "attention")): b.attention
+                                                 for b in self.blocks} if attention else None,
+                                   summarise=pruner.summarise_attention if attention else None)
         by_index = {b.index: b for b in self.blocks}
         modules = {}
         for index in dict.fromkeys(k.layer for k in keys):  # each block's modules in one visit
@@ -270,7 +277,11 @@ class _Run:
 
         ``modules``: the dense pass's, reused for the selections (one-pass), or None (propagated).
         """
-        replay = LayerReplay(self.model, self.adapter.layers_path(self.model)) if self.propagate else None
+        layers_path = self.adapter.layers_path(self.model)
+        replay = LayerReplay(self.model, layers_path) if self.propagate else None
+        # the dense model's activations beside the propagated ones, for methods fitting to the dense outputs
+        self.dense = DenseStream(self.model, layers_path) if self.propagate and "dense_outputs" in self.pruner.needs \
+            else None
         records, tensors = [], {}
         for position, b in enumerate(tqdm(self.blocks, desc=f"prune ({self.config.method})", leave=False,
                                           disable=None)):
@@ -291,6 +302,8 @@ class _Run:
     def _prune_block(self, b, choice, modules, replay, tensors) -> dict:
         """Select and rewrite ``b``'s attention, then its MLP; the plan's tensors go into ``tensors``; ``{kind: kept}``."""
         kept = {}
+        if self.dense is not None:
+            self.dense.begin(b.index)  # a dense copy of the block, before its surgery
         for kind in KINDS:
             key = ModuleKey(b.index, kind)
             inputs = None
@@ -299,10 +312,11 @@ class _Run:
                     targets = _targets([b], self.pruner.needs, kind)
                     keep = [str(key)] if str(key) in targets and self._cacheable(b, kind, targets[str(key)]) else []
                     captured = replay.capture(self.calibration, b, targets, backend=self.config.backend,
-                                              precision=self.config.precision, desc=str(key), keep=keep)
+                                              precision=self.config.precision, desc=str(key), keep=keep,
+                                              dense=self.dense, record_dense=kind == "mlp")
                     inputs = captured.pop("kept", {}).get(str(key))
                     module = _module(self.model, b, kind, captured, self.config.backend, self.config.ridge,
-                                     propagated=True)
+                                     propagated=True, remeasure=self._remeasure(b, kind, replay))
                 else:
                     module = modules.pop(key)
             with self.clock("selection"):
@@ -321,6 +335,20 @@ class _Run:
             kept[kind] = tuple(selection.units)
             tensors.update(selection_tensors(key, selection))
         return kept
+
+    def _remeasure(self, block, kind, replay):
+        """``ModuleStats.remeasure``: the module's propagated statistics again, its input maps' weights replaced."""
+        def remeasure(w_in) -> ModuleStats:
+            paths = block.attn_in if kind == "attention" else block.mlp_in
+            if len(w_in) != len(paths):
+                raise ValueError(f"remeasure takes {len(paths)} input maps' weights, got {len(w_in)}")
+            with _weights_swapped(self.model, dict(zip(paths, w_in))):
+                captured = replay.capture(self.calibration, block, _targets([block], self.pruner.needs, kind),
+                                          backend=self.config.backend, precision=self.config.precision,
+                                          desc=f"{ModuleKey(block.index, kind)} again", dense=self.dense)
+                return _module(self.model, block, kind, captured, self.config.backend, self.config.ridge,
+                               propagated=True)
+        return remeasure
 
     def _cacheable(self, block, kind, out_path) -> bool:
         """Whether the input of ``block``'s ``kind`` output map over the calibration fits the device's memory."""
@@ -411,7 +439,24 @@ def _targets(blocks, needs, only=None):
     return targets
 
 
-def _module(model, block, part, captured, backend, ridge, *, propagated=False) -> ModuleStats:
+@contextlib.contextmanager
+def _weights_swapped(model, weights: dict):
+    """The linear maps at the paths of ``weights`` compute with those weights (same shapes) for the duration."""
+    saved = {}
+    try:
+        for path, W in weights.items():
+            linear = model.get_submodule(path)
+            if tuple(W.shape) != tuple(linear.weight.shape):
+                raise ValueError(f"{path}: weights of shape {tuple(W.shape)} for a map of {tuple(linear.weight.shape)}")
+            saved[path] = linear.weight.data
+            linear.weight.data = W.detach().to(saved[path])
+        yield
+    finally:
+        for path, data in saved.items():
+            model.get_submodule(path).weight.data = data
+
+
+def _module(model, block, part, captured, backend, ridge, *, propagated=False, remeasure=None) -> ModuleStats:
     """What a method sees of ``block``'s attention or MLP, with the current weights.
 
     ``backend`` (a name or a :class:`~statlab.backends.Backend`) becomes the
@@ -423,15 +468,15 @@ def _module(model, block, part, captured, backend, ridge, *, propagated=False) -
     attention = part == "attention"
     out_map = model.get_submodule(block.attn_out if attention else block.mlp_out)
     W_out = out_map.weight
-    W_in = tuple(model.get_submodule(p).weight for p in (block.attn_in if attention else block.mlp_in))
+    in_maps = [model.get_submodule(p) for p in (block.attn_in if attention else block.mlp_in)]
     label = str(ModuleKey(block.index, part))
-    similarity = None if captured is None or "layer similarity" not in captured else \
-        float(captured["layer similarity"][block.index])
-    recorder = None if captured is None else captured.get(label)
-    inputs = None if captured is None else captured.get(f"{label} inputs")
+    captured = captured or {}
+    similarity = None if "layer similarity" not in captured else float(captured["layer similarity"][block.index])
+    recorder, inputs = captured.get(label), captured.get(f"{label} inputs")
+    errors = captured.get("dense error", {})
     return ModuleStats(
         kind=part, layer=block.index, units=block.units if attention else W_out.shape[1],
-        unit_size=block.unit_size if attention else 1, W_out=W_out, W_in=W_in,
+        unit_size=block.unit_size if attention else 1, W_out=W_out, W_in=tuple(m.weight for m in in_maps),
         stats=None if recorder is None else backend.data(recorder),
         backend=backend, rows=0 if recorder is None else recorder.rows,
         mean=None if recorder is None else recorder.mean,
@@ -439,6 +484,9 @@ def _module(model, block, part, captured, backend, ridge, *, propagated=False) -
         inputs_mean=None if inputs is None else inputs.mean,
         heads_per_unit=block.heads_per_unit if attention else 1, head_dim=block.head_dim if attention else 0,
         ridge=ridge, b_out=out_map.bias, propagated=propagated, layer_similarity=similarity,
+        b_in=tuple(m.bias for m in in_maps), output_error=errors.get(label), inputs_error=errors.get(f"{label} inputs"),
+        attention=captured.get("attention", {}).get(label) if attention else None,
+        remeasure=remeasure,
     )
 
 
@@ -450,8 +498,6 @@ class _PhaseClock:
         self.seconds = {}
 
     def __call__(self, phase):
-        import contextlib
-
         @contextlib.contextmanager
         def timed():
             start = time.perf_counter()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import statlab
-from statlab.capture import capture
+from statlab.capture import DenseStream, LayerReplay, capture
 from statlab.costs import module_costs
 from statlab.methods import METHODS, get_method
 from statlab.methods import goa as goa_lib
@@ -171,23 +171,109 @@ def test_goa_recovery_is_least_squares_against_dense_outputs(acts):
 
 
 @pytest.mark.parametrize("family", ["bert", "llama-gqa"])
-def test_goa_dense_stream_matches_the_capture(family):
-    """The paired passes (layer by layer, from layer 0's caught inputs) reproduce the driver's dense capture."""
+def test_dense_stream_on_a_dense_model_pairs_identical_activations(family):
+    """Nothing pruned: the dense copy meets the same activations (error moment exactly 0), block after block."""
     make, data = FAMILIES[family]
     model, calibration = make(), data(3)
     adapter = get_adapter(model)
-    blocks = adapter.blocks(model)
-    streams = goa_lib.PairedStreams(model, adapter, blocks, calibration)
-    targets = {f"{b.index} {p}": path for b in blocks for p, path in (("attention", b.attn_out), ("mlp", b.mlp_out))}
-    captured = capture(model, calibration, targets)
+    blocks, path = adapter.blocks(model), adapter.layers_path(model)
+    replay, stream = LayerReplay(model, path), DenseStream(model, path)
+    captured_dense = capture(model, calibration, {f"{b.index} {p}": t for b in blocks
+                                                  for p, t in (("attention", b.attn_out), ("mlp", b.mlp_out))})
     for b in blocks:
-        for part in ("attention", "mlp"):
-            m = streams.moments(b.index, part, propagated=True)  # nothing pruned: the error moment vanishes
-            assert float(m["error"].abs().max()) == 0.0
-            mine = streams.moments(b.index, part, propagated=False)
-            ref = captured[f"{b.index} {part}"]
-            assert mine["rows"] == ref.rows
-            torch.testing.assert_close(mine["gram"], ref.gram.double(), rtol=1e-6, atol=1e-6)
+        stream.begin(b.index)
+        for part, target, inputs in (("attention", b.attn_out, b.attn_in[0]), ("mlp", b.mlp_out, b.mlp_in[0])):
+            got = replay.capture(calibration, b, {"z": target, "x": inputs}, dense=stream, record_dense=part == "mlp")
+            assert set(got["dense error"]) == {"z", "x"}
+            assert float(got["dense error"]["z"].abs().max()) == 0.0 and float(got["dense error"]["x"].abs().max()) == 0.0
+            ref = captured_dense[f"{b.index} {part}"]
+            assert got["z"].rows == ref.rows
+            torch.testing.assert_close(got["z"].gram, ref.gram, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="bottom-up"):
+        stream.begin(0)
+
+
+class _Spy(goa_lib.Goa):
+    """GOA that also keeps what the driver handed each selection, and re-measures with halved input maps."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.seen = {}
+
+    def select(self, module, k):
+        halved = module.remeasure(tuple(0.5 * w.detach() for w in module.W_in))
+        again = module.remeasure(tuple(w.detach() for w in module.W_in))
+        self.seen[module.key] = (module, halved, again, self._explicit(module))
+        return super().select(module, k)
+
+    def _explicit(self, module):
+        """``Z''`` with halved input maps by a plain capture of the model as it stands (the layers below pruned)."""
+        block = self.blocks[module.layer]
+        paths = block.attn_in if module.kind == "attention" else block.mlp_in
+        out = block.attn_out if module.kind == "attention" else block.mlp_out
+        saved = [self.model.get_submodule(p).weight.data for p in paths]
+        for p, w in zip(paths, saved):
+            self.model.get_submodule(p).weight.data = 0.5 * w
+        try:
+            return capture(self.model, self.calibration, {"z": out}, backend="reference")["z"].matrix
+        finally:
+            for p, w in zip(paths, saved):
+                self.model.get_submodule(p).weight.data = w
+
+    def prepare(self, model, adapter, blocks, calibration):
+        super().prepare(model, adapter, blocks, calibration)
+        self.model, self.blocks, self.calibration = model, blocks, calibration
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_dense_outputs_are_the_cross_moments_of_pruned_and_dense_activations(family):
+    """``output_error = Z'ᵀ(Z − Z')``, ``inputs_error = x'ᵀ(x − x')`` against explicit matrices; ``remeasure`` too."""
+    make, data = FAMILIES[family]
+    dense, calibration = make(), data(4)
+    model, spy = copy.deepcopy(dense), _Spy()
+    blocks = get_adapter(dense).blocks(dense)
+    targets = {f"{b.index} {p}": t for b in blocks for p, t in (("attention", b.attn_out), ("mlp", b.mlp_out))}
+    targets.update({f"{b.index} {p} inputs": t for b in blocks
+                    for p, t in (("attention", b.attn_in[0]), ("mlp", b.mlp_in[0]))})
+    Z = {label: r.matrix for label, r in capture(dense, calibration, targets, backend="reference").items()}
+    statlab.prune(model, calibration, mac_fraction=0.5, method=spy, base="tiny", backend="reference")
+    assert len(spy.seen) == 2 * len(blocks)
+    for key, (module, halved, again, explicit) in spy.seen.items():
+        Zp, xp = module.stats, module.inputs  # the reference backend's matrices: the pruned model's
+        label = f"{key.layer} {key.kind}"
+        np.testing.assert_allclose(module.output_error.numpy(), Zp.T @ (Z[label] - Zp), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(module.inputs_error.numpy(), xp.T @ (Z[label + " inputs"] - xp),
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(again.stats, Zp)  # the same weights measure the same
+        np.testing.assert_allclose(halved.stats, explicit, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(halved.output_error.numpy(), explicit.T @ (Z[label] - explicit),
+                                   rtol=1e-6, atol=1e-6)
+        assert module.remeasure is not None and module.propagated
+
+
+def test_goa_runs_no_pass_of_its_own(monkeypatch):
+    """Alg. 1's distances come from the driver's dense pass (eager attention there only), equal to the direct pass."""
+    from statlab import driver
+
+    model, calibration = tiny_llama(kv_heads=2, heads=4, layers=2), windows(3)
+    adapter = get_adapter(model)
+    direct = goa_lib.attention_divergence(model, adapter, adapter.blocks(model), calibration)
+    expected = {str(i): goa_lib.redundant_candidates(D, 0.2) for i, D in enumerate(direct)}
+    implementations = []
+    real = driver.capture
+
+    def counted(*a, **k):
+        implementations.append((model.config._attn_implementation, bool(k.get("attention_of"))))
+        return real(*a, **k)
+
+    monkeypatch.setattr(driver, "capture", counted)
+    monkeypatch.setattr(goa_lib, "capture", lambda *a, **k: pytest.fail("GOA ran a pass of its own"))
+    before = model.config._attn_implementation
+    plan = statlab.prune(model, calibration, mac_fraction=0.6, method="goa", base="tiny")
+    assert implementations[0] == ("eager", True)  # the dense pass, for the attention maps alone
+    assert all(impl == before and not maps for impl, maps in implementations[1:])
+    assert model.config._attn_implementation == before
+    assert plan.meta["goa_redundant_units"] == expected
 
 
 def test_goa_divergence_on_identical_heads_is_zero():

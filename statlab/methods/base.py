@@ -26,16 +26,21 @@ from statlab.inputs import check_int, check_ridge
 from statlab.records import ModuleKey
 from statlab.reference import budget as budget_lib
 
-NEEDS = frozenset({"activations", "inputs"})
+NEEDS = frozenset({"activations", "inputs", "dense_outputs"})
 """What a method's selections may read: ``activations`` (the output map's
-input: ``ModuleStats.stats``, ``mean``, ``rows``) and ``inputs`` (the module's
-input ``x``: ``ModuleStats.inputs``, ``inputs_mean``)."""
+input: ``ModuleStats.stats``, ``mean``, ``rows``), ``inputs`` (the module's
+input ``x``: ``ModuleStats.inputs``, ``inputs_mean``) and ``dense_outputs``
+(with propagation, the same activations in the dense model beside the
+pruned one's: ``ModuleStats.output_error``, ``inputs_error``, from the
+driver's :class:`~statlab.capture.DenseStream`)."""
 
-SIZES_NEEDS = frozenset({"layer_similarity"})
+SIZES_NEEDS = frozenset({"layer_similarity", "attention_probs"})
 """What a method's sizes may read of the dense pass besides the statistics
 of :data:`NEEDS`: ``layer_similarity`` (the mean cosine, over the calibration
 tokens, between each block's input and output hidden states:
-``ModuleStats.layer_similarity``)."""
+``ModuleStats.layer_similarity``) and ``attention_probs`` (each attention
+module's probabilities, reduced per batch by the method's
+:meth:`PruningMethod.summarise_attention`: ``ModuleStats.attention``)."""
 
 
 @dataclass
@@ -84,6 +89,26 @@ class ModuleStats:
         Mean cosine between the block's input and output hidden states on the
         dense model, padding excluded (the same for a layer's two modules),
         when the method's ``sizes_needs`` holds ``"layer_similarity"``.
+    b_in : tuple of (Tensor (rows,) or None)
+        The input maps' current biases, in the order of ``W_in`` (None: no bias).
+    output_error : Tensor (n, n), optional
+        ``Z'ᵀ(Z − Z')`` of the output map's input in the pruned model (``Z'``,
+        the one ``stats`` holds) and in the dense model (``Z``) on the same
+        tokens, padding excluded, fp64 on the capture device under either
+        backend; when ``needs`` holds ``"dense_outputs"`` and the statistics
+        are propagated (None otherwise: on the dense model ``Z' = Z``).
+    inputs_error : Tensor (d, d), optional
+        The same for the module's input, ``x'ᵀ(x − x')``, when ``needs`` also holds ``"inputs"``.
+    attention : Tensor, optional
+        The attention module's :meth:`PruningMethod.summarise_attention`
+        averaged over the real query positions of the dense pass, when
+        ``sizes_needs`` holds ``"attention_probs"`` (None for MLPs, or where
+        the model returned no probabilities).
+    remeasure : callable, optional
+        ``remeasure(w_in) -> ModuleStats``: the propagated statistics again
+        with the input maps' weights replaced by ``w_in`` (shapes of
+        ``W_in``) for that pass only; the driver supplies it to propagated
+        modules (a method re-fitting the input maps measures what they give).
     cache : dict
         The method's own per-module results, kept while this object lives: the
         driver hands the same object to ``sizes`` and ``select`` when their
@@ -109,6 +134,11 @@ class ModuleStats:
     b_out: torch.Tensor | None = None
     propagated: bool = False
     layer_similarity: float | None = None
+    b_in: tuple = ()
+    output_error: torch.Tensor | None = None
+    inputs_error: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    remeasure: object = field(default=None, repr=False)
     cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -253,6 +283,17 @@ class PruningMethod:
     def select(self, module: ModuleStats, k: int) -> Selection:
         """Keep ``k`` units: a :class:`Selection` (kept units, new ``W_out (out, k · unit_size)`` in fp64, ...)."""
         raise NotImplementedError
+
+    def summarise_attention(self, probs: torch.Tensor, rows) -> torch.Tensor:
+        """One batch's attention probabilities reduced to what the method keeps (``attention_probs`` in ``sizes_needs``).
+
+        ``probs`` (batch, heads, q, k); ``rows`` the bool mask of real query
+        positions (batch, q), or None. Return a sum over the real query
+        positions (any shape): the driver adds the batches and divides by the
+        number of real query positions (``ModuleStats.attention``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} lists attention_probs in sizes_needs: "
+                                  "it must define summarise_attention")
 
 
 def unit_columns(units, unit_size: int) -> torch.Tensor:

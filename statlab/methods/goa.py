@@ -42,8 +42,9 @@ deviation:
 - **Head grouping** (Alg. 1): ``D_ij`` is the mean over all non-padded query
   positions of the JS *distance* (square root of the JS divergence, natural
   logarithm) between the attention rows of heads ``i`` and ``j``, measured once
-  on the dense model in :meth:`Goa.prepare` (eager attention is switched on, by the adapter, for
-  that pass only). For GQA units ``D`` between two units is the mean over all
+  on the dense model by the driver's dense pass (``attention_probs`` in
+  ``sizes_needs``; :meth:`Goa.summarise_attention` reduces each batch, and the
+  adapter switches eager attention on for that pass only). For GQA units ``D`` between two units is the mean over all
   pairs of their query heads. Alg. 1 is followed literally (pairs scanned row
   by row; ``i`` joins the candidates when ``D_ij < τ`` and neither ``i`` nor
   ``j`` is a candidate yet). The paper sets no rule for combining the
@@ -56,19 +57,19 @@ deviation:
   and then level 2 (``W̄2 = (X̂2ᵀX̂2)⁻¹X̂2ᵀY2``) against the *dense* outputs
   ``Y1, Y2``. **Level 1** is re-fitted with ``refit_inputs=True`` (off by
   default): every input map on the cross moment ``x'ᵀ(x − x')`` of the pruned
-  and dense module inputs from the paired passes (the driver captures only
-  ``x'ᵀx'``), then the pruned stream runs again through the re-fitted maps so
-  that level 2 is fitted on its new input (:meth:`Goa._refit_level_one`); the
+  and dense module inputs (``ModuleStats.inputs_error``), then the driver
+  measures the module again through the re-fitted maps
+  (``ModuleStats.remeasure``) so that level 2 is fitted on its new input
+  (:meth:`Goa._refit_level_one`); the
   re-fitted rows of the kept units go back as the Selection's ``w_in_rows``
   and the plan stores them. The biases of level 1 are kept (Alg. 2 fits
   weights only). The level-2 re-fit is done exactly:
   ``W̄2ᵀ = (Z'_Kᵀ Z'_K + λ)⁻¹ Z'_Kᵀ Z W2ᵀ`` with ``Z'`` the input of the output
   map computed through the already pruned modules (the driver's propagated
-  statistics) and ``Z`` the same activation in the dense model. The driver
-  does not capture the cross moment ``Z'ᵀ Z``, so GOA runs its own paired
-  forward passes (:class:`PairedStreams`: the calibration hidden states through
-  the dense layers and through the pruned ones, in lockstep, one layer call
-  per layer and stream). It is computed as
+  statistics) and ``Z`` the same activation in the dense model, whose cross
+  moment the driver supplies (``dense_outputs`` in ``needs``:
+  ``ModuleStats.output_error``, from a dense copy of each block run beside the
+  pruned one, :class:`statlab.capture.DenseStream`). It is computed as
   ``W̄2 = W2 Tᵀ + ((G'_KK + λ)⁻¹ E_K W2ᵀ)ᵀ`` with ``T`` the interpolation
   coefficients of :func:`statlab.fast.id.interpolation_coefficients` on the
   propagated Gram ``G'`` and ``E = Z'ᵀ (Z − Z')`` the error arriving from below.
@@ -93,21 +94,19 @@ deviation:
 - **Backends**: GOA has no NumPy formulas of its own. Under
   ``backend="reference"`` it reads the torch fp64 Gram ``Zᵀ Z`` of the
   reference's captured matrices (:meth:`~statlab.backends.Backend.gram`) and
-  computes in torch on the CPU; its own paired passes are torch under either
-  backend. Only the capture differs, so both backends keep the same units.
+  computes in torch on the CPU; the dense-output moments are torch under
+  either backend. Only the capture differs, so both backends keep the same units.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import warnings
 
 import numpy as np
 import torch
 
+from statlab.capture import capture
 from statlab.fast.id import interpolation_coefficients, solve_psd
-from statlab.inputs import model_inputs
 
 from .base import ModuleStats, PruningMethod, Selection, unit_columns
 
@@ -221,235 +220,49 @@ def refit_output_map(W: torch.Tensor, G: torch.Tensor, cols: torch.Tensor, error
     return out
 
 
-# --------------------------------------------------------------------------- model passes
+# --------------------------------------------------------------------------- attention maps
 
 
-class _Stop(Exception):
-    """Raised in a hook once a layer call has produced what was wanted."""
+def pairwise_js(probs: torch.Tensor, rows) -> torch.Tensor:
+    """Sum over the real query positions of the JS distance between every two heads' attention rows: (h, h) fp64.
 
-
-def token_mask(inputs: dict):
-    """Bool mask of real (non-padding) tokens, or None."""
-    mask = inputs.get("attention_mask")
-    return None if mask is None else mask.bool()
-
-
-def _masked(x: torch.Tensor, mask) -> torch.Tensor:
-    x = x.reshape(-1, x.shape[-1])
-    return x if mask is None else x[mask.reshape(-1).to(x.device)]
-
-
-def _hidden(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _relative(path: str, layers_path: str, index: int) -> str:
-    prefix = f"{layers_path}.{index}."
-    if not path.startswith(prefix):
-        raise ValueError(f"{path!r} is not inside layer {index} ({layers_path})")
-    return path[len(prefix):]
-
-
-class PairedStreams:
-    """The calibration hidden states through the dense layers and through the pruned ones, in lockstep.
-
-    GOA's recovery needs, for every module, the cross moment of the activation
-    the pruned model feeds the output map (``Z'``) with the one the dense model
-    feeds it (``Z``) on the same tokens. The inputs of layer 0 (and the extra
-    arguments every layer receives: masks, rotary embeddings) are caught once;
-    then both streams advance one layer call at a time: the dense stream
-    through a copy of each layer taken while it was still dense, the pruned
-    stream through the model's (already pruned) layer. Modules must be asked
-    for bottom-up, as the driver does.
+    ``probs`` (batch, heads, q, k), ``rows`` the bool mask of real query
+    positions (batch, q) or None (:meth:`Goa.summarise_attention`).
     """
-
-    def __init__(self, model, adapter, blocks, calibration):
-        self.model = model
-        self.blocks = blocks
-        self.layers_path = adapter.layers_path(model)
-        self.layers = model.get_submodule(self.layers_path)
-        self.extra, self.masks, self.dense = [], [], []
-        first = self.layers[0]
-
-        def catch(module, args, kwargs):
-            raise _Caught(args, kwargs)
-
-        handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                for batch in calibration:
-                    inputs = model_inputs(model, batch)
-                    try:
-                        model(**inputs)
-                    except _Caught as caught:
-                        args, kwargs = caught.call
-                        kwargs = dict(kwargs)
-                        h = args[0] if args else kwargs.pop("hidden_states")
-                        self.extra.append((tuple(args[1:]), kwargs))
-                        self.dense.append(h)
-                        self.masks.append(token_mask(inputs))
-                    else:
-                        raise RuntimeError("layer 0 was never called")
-        finally:
-            handle.remove()
-        self.pruned = list(self.dense)
-        self.at = 0  # both streams hold the inputs of layer `at`
-        self.dense_layer = copy.deepcopy(self.layers[0])  # layer `at` as it was before pruning
-
-    def _call(self, layer, h, b, record=(), stop=None):
-        """Run ``layer`` on hidden states ``h`` (batch ``b``); record the inputs of submodules ``record``."""
-        got, handles = {}, []
-        for path in record:
-            def hook(module, args, path=path):
-                got[path] = args[0]
-                if path == stop:
-                    raise _Stop
-            handles.append(layer.get_submodule(path).register_forward_pre_hook(hook))
-        args, kwargs = self.extra[b]
-        try:
-            out = layer(h, *args, **kwargs)
-        except _Stop:
-            out = None
-        finally:
-            for hd in handles:
-                hd.remove()
-        return out, got
-
-    def advance(self, index: int, *, pruned: bool = True) -> None:
-        """Bring both streams to the inputs of layer ``index`` (layers below already pruned)."""
-        if index < self.at:
-            raise RuntimeError(f"modules must be visited bottom-up: layer {index} after layer {self.at}")
-        with torch.no_grad():
-            while self.at < index:
-                for b in range(len(self.dense)):
-                    self.dense[b] = _hidden(self._call(self.dense_layer, self.dense[b], b)[0])
-                    if pruned:
-                        self.pruned[b] = _hidden(self._call(self.layers[self.at], self.pruned[b], b)[0])
-                self.at += 1
-                self.dense_layer = copy.deepcopy(self.layers[self.at])
-
-    def moments(self, index: int, part: str, *, propagated: bool, refit: bool = False, weights=None):
-        """Statistics of module ``(index, part)`` from the paired streams.
-
-        ``propagated``: ``error = Z'ᵀ (Z − Z')`` (n, n) for the recovery, and
-        with ``refit`` (the level-1 re-fit) also the pruned module's
-        ``gram = Z'ᵀZ'``, its input's ``inputs = x'ᵀx'`` (d, d) and
-        ``input_error = x'ᵀ (x − x')`` (d, d).
-        ``weights`` (``{path: W}``, the module's input maps) replace those
-        maps' weights in the pruned layer for this pass only. Otherwise the
-        dense module's statistics for the one-pass variant: ``gram = ZᵀZ``,
-        ``inputs = xᵀx`` (module input), ``inputs_mean``, ``rows``.
-        All fp64 on the model's device.
-        """
-        block = self.blocks[index]
-        out_path = _relative(block.attn_out if part == "attention" else block.mlp_out, self.layers_path, index)
-        in_path = _relative(block.attn_in[0] if part == "attention" else block.mlp_in[0], self.layers_path, index)
-        self.advance(index, pruned=propagated)
-        f64 = torch.float64
-        acc = {"rows": 0}
-        with torch.no_grad():
-            for b in range(len(self.dense)):
-                mask = self.masks[b]
-                _, dense = self._call(self.dense_layer, self.dense[b], b, record=(in_path, out_path), stop=out_path)
-                Z = _masked(dense[out_path], mask).to(f64)
-                if propagated:
-                    with _weights_swapped(self.model, weights or {}):
-                        _, pruned = self._call(self.layers[index], self.pruned[b], b, record=(in_path, out_path),
-                                               stop=out_path)
-                    Zp = _masked(pruned[out_path], mask).to(f64)
-                    _add(acc, "error", Zp.T @ (Z - Zp))
-                    if refit:
-                        x, xp = _masked(dense[in_path], mask).to(f64), _masked(pruned[in_path], mask).to(f64)
-                        _add(acc, "gram", Zp.T @ Zp)
-                        _add(acc, "inputs", xp.T @ xp)
-                        _add(acc, "input_error", xp.T @ (x - xp))
-                else:
-                    x = _masked(dense[in_path], mask).to(f64)
-                    _add(acc, "gram", Z.T @ Z)
-                    _add(acc, "inputs", x.T @ x)
-                    _add(acc, "mean", Z.sum(dim=0))
-                    _add(acc, "inputs_mean", x.sum(dim=0))
-                acc["rows"] += Z.shape[0]
-        for key in ("mean", "inputs_mean"):
-            if key in acc:
-                acc[key] = acc[key] / max(acc["rows"], 1)
-        return acc
+    h = probs.shape[1]
+    per_row = probs.permute(0, 2, 1, 3)  # (batch, query, head, key)
+    per_row = per_row.reshape(-1, h, per_row.shape[-1]) if rows is None else per_row[rows.to(per_row.device)]
+    D = torch.zeros(h, h, dtype=torch.float64)
+    for a in range(h):
+        for c in range(a + 1, h):
+            D[a, c] = D[c, a] = js_distance(per_row[:, a], per_row[:, c]).sum().cpu()
+    return D
 
 
-@contextlib.contextmanager
-def _weights_swapped(model, weights: dict):
-    """The linear maps at the paths of ``weights`` compute with those weights (same shapes) inside the block."""
-    saved = {}
-    try:
-        for path, W in weights.items():
-            linear = model.get_submodule(path)
-            saved[path] = linear.weight.data
-            linear.weight.data = W.to(saved[path])
-        yield
-    finally:
-        for path, data in saved.items():
-            model.get_submodule(path).weight.data = data
-
-
-class _Caught(Exception):
-    def __init__(self, args, kwargs):
-        super().__init__()
-        self.call = (args, kwargs)
-
-
-def _add(acc: dict, key: str, value: torch.Tensor) -> None:
-    acc[key] = value if key not in acc else acc[key] + value
+def unit_divergence(D, heads_per_unit: int) -> np.ndarray:
+    """Mean head-pair distances ``D (h, h)`` between units of ``heads_per_unit`` query heads: (units, units)."""
+    D = np.asarray(D, dtype=np.float64)
+    units = D.shape[0] // heads_per_unit
+    return D.reshape(units, heads_per_unit, units, heads_per_unit).mean(axis=(1, 3))
 
 
 def attention_divergence(model, adapter, blocks, calibration) -> list:
     """Per layer, the mean JS distance between the attention maps of every two units (seed 003 Eq. 1).
 
-    One pass over the dense model with eager attention (whose attention modules
-    return their probabilities); for each layer and every pair of query heads,
-    ``sqrt(JS)`` of their attention rows is averaged over all non-padded query
-    positions of all batches. GQA units average the distances of all pairs of
-    their query heads. Returns a list of (units, units) arrays, or None where
-    the model returned no attention probabilities.
+    The driver's dense pass computes the same for :class:`Goa` (``attention_probs``
+    in its ``sizes_needs``); this is that pass alone, for a model outside a prune:
+    one pass with eager attention, ``sqrt(JS)`` of every two query heads'
+    attention rows averaged over all non-padded query positions of all
+    batches, GQA units averaging the distances of all pairs of their query
+    heads. Returns a list of (units, units) arrays, or None where the model
+    returned no attention probabilities.
     """
-    sums = [None] * len(blocks)
-    counts = [0] * len(blocks)
-    state = {"mask": None}
-    handles = []
-    for i, block in enumerate(blocks):
-        def hook(module, args, output, i=i):
-            probs = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-            if probs is None:
-                return
-            probs = probs.detach()
-            h = probs.shape[1]
-            rows = probs.permute(0, 2, 1, 3)  # (batch, query, head, key)
-            mask = state["mask"]
-            rows = rows.reshape(-1, h, rows.shape[-1]) if mask is None else rows[mask.to(rows.device)]
-            D = torch.zeros(h, h, dtype=torch.float64)
-            for a in range(h):
-                for c in range(a + 1, h):
-                    D[a, c] = D[c, a] = js_distance(rows[:, a], rows[:, c]).sum().cpu()
-            sums[i] = D if sums[i] is None else sums[i] + D
-            counts[i] += rows.shape[0]
-        handles.append(model.get_submodule(block.attention).register_forward_hook(hook))
-    try:
-        with adapter.attention_maps(model), torch.no_grad():
-            for batch in calibration:
-                inputs = model_inputs(model, batch)
-                state["mask"] = token_mask(inputs)
-                model(**inputs)
-    finally:
-        for hd in handles:
-            hd.remove()
-    out = []
-    for block, total, count in zip(blocks, sums, counts):
-        if total is None:
-            out.append(None)
-            continue
-        D = (total / max(count, 1)).numpy()
-        r = block.heads_per_unit
-        out.append(D.reshape(block.units, r, block.units, r).mean(axis=(1, 3)))
-    return out
+    labels = {f"layer {b.index}": b.attention for b in blocks}
+    with adapter.attention_maps(model):
+        got = capture(model, calibration, {}, attention_of=labels, summarise=pairwise_js,
+                      desc="attention maps")["attention"]
+    return [None if got[label] is None else unit_divergence(got[label].numpy(), b.heads_per_unit)
+            for label, b in zip(labels, blocks)]
 
 
 # --------------------------------------------------------------------------- the method
@@ -478,11 +291,12 @@ class Goa(PruningMethod):
         Also re-fit level 1 (``W_Q, W_K, W_V`` / ``W1`` or ``gate, up``) against
         the dense module's level-1 outputs before level 2 (Alg. 2–4 in full;
         needs ``recovery`` and propagation). Off by default: it costs a second
-        paired pass per module.
+        capture per module.
     """
 
     name = "goa"
-    needs = frozenset({"activations", "inputs"})  # uniform sizes: no dense pass when it propagates
+    needs = frozenset({"activations", "inputs", "dense_outputs"})  # uniform sizes: no Grams in the dense pass
+    sizes_needs = frozenset({"attention_probs"})  # Alg. 1's head distances, from the dense model
     propagates = True  # Alg. 2: modules pruned in sequence, each on the outputs of the pruned ones
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0, tau: float | None = 0.2, recovery: bool = True,
@@ -492,45 +306,44 @@ class Goa(PruningMethod):
             raise ValueError("refit_inputs=True re-fits level 1 as part of the recovery: it needs recovery=True")
         self.tau = tau
         self.recovery, self.refit_inputs = bool(recovery), bool(refit_inputs)
+        self.needs = type(self).needs if self.recovery else type(self).needs - {"dense_outputs"}
+        self.sizes_needs = type(self).sizes_needs if tau is not None else frozenset()
         self.candidates = {}
         if self.refit_inputs:
             self.label = "goa (level-1 re-fit)"
 
-    def prepare(self, model, adapter, blocks, calibration):
-        self.model, self.blocks = model, blocks
-        self.candidates = {}
-        if self.tau is not None:
-            for block, D in zip(blocks, attention_divergence(model, adapter, blocks, calibration)):
-                if D is None:
-                    warnings.warn(f"layer {block.index}: the model returned no attention probabilities; "
-                                  "GOA's head grouping (Alg. 1) is skipped there", stacklevel=2)
-                    continue
-                self.candidates[block.index] = redundant_candidates(D, self.tau)
-        self._run = (model, adapter, blocks, calibration)
-        self._streams = None
-
-    @property
-    def streams(self) -> PairedStreams:
-        """The paired dense/pruned passes, started on first use (they catch layer 0's inputs then)."""
-        if self._streams is None:
-            self._streams = PairedStreams(*self._run)
-        return self._streams
+    def summarise_attention(self, probs, rows):
+        return pairwise_js(probs, rows)
 
     def sizes(self, modules, costs, fraction, adapter):
         choice = super().sizes(modules, costs, fraction, adapter)
+        self.candidates = {}
+        if self.tau is not None:
+            for key, module in modules.items():
+                if key.kind != "attention":
+                    continue
+                if module.attention is None:
+                    warnings.warn(f"layer {key.layer}: the model returned no attention probabilities; "
+                                  "GOA's head grouping (Alg. 1) is skipped there", stacklevel=2)
+                    continue
+                D = unit_divergence(module.attention.numpy(), module.heads_per_unit)
+                self.candidates[key.layer] = redundant_candidates(D, self.tau)
         choice.info["goa_redundant_units"] = {str(k): [int(u) for u in v] for k, v in self.candidates.items()}
         choice.info["goa_tau"] = self.tau
         return choice
 
     def _statistics(self, module: ModuleStats):
-        """``(G, S, inputs_mean, rows, error)`` in fp64: the driver's propagated stats, or GOA's own dense ones."""
+        """``(G, S, inputs_mean, rows, error)`` in fp64 from the driver's statistics of ``module``."""
         G = module.gram()  # a torch Gram under either backend (the reference's: Z^T Z on the CPU)
         device = G.device
         S = module.backend.gram(module.inputs, device) if module.inputs is not None else None
         mean = None if module.inputs_mean is None else _as_tensor(module.inputs_mean, device)
         error = None
         if self.recovery and module.propagated:  # the one-pass variant: dense statistics, E = 0
-            error = self.streams.moments(module.layer, module.kind, propagated=True)["error"].to(device)
+            if module.output_error is None:
+                raise RuntimeError(f"layer {module.layer} {module.kind}: no dense-output moment; GOA's recovery "
+                                   "runs through statlab.prune, which supplies it")
+            error = module.output_error.to(device)
         return G, S, mean, module.rows, error
 
     def _refit_level_one(self, module: ModuleStats, device):
@@ -540,20 +353,19 @@ class Goa(PruningMethod):
         for all: Alg. 3 forms ``xtx`` once), i.e.
         ``W̄_j = W_j + ((x'ᵀx' + λ)⁻¹ x'ᵀ(x − x') W_jᵀ)ᵀ`` with ``x`` the dense
         module's input on the same tokens (:func:`refit_output_map` on all
-        ``d`` columns); the biases stay, so they cancel. Then the pruned stream
-        runs again with ``W̄`` in place: ``G'' = Z''ᵀZ''`` and
-        ``E'' = Z''ᵀ(Z − Z'')`` of the output map's new input ``Z''`` feed the
-        level-2 re-fit and the scores (Alg. 2's ``X̂2 ← post-process(Ŷ1)``).
+        ``d`` columns; ``x'ᵀx'`` and ``x'ᵀ(x − x')`` are the driver's
+        ``inputs`` and ``inputs_error``); the biases stay, so they cancel. Then
+        the driver measures the module again with ``W̄`` in place
+        (``ModuleStats.remeasure``): ``G'' = Z''ᵀZ''`` and ``E'' = Z''ᵀ(Z − Z'')``
+        of the output map's new input ``Z''`` feed the level-2 re-fit and the
+        scores (Alg. 2's ``X̂2 ← post-process(Ŷ1)``).
         """
-        block = self.blocks[module.layer]
-        paths = block.attn_in if module.kind == "attention" else block.mlp_in
-        first = self.streams.moments(module.layer, module.kind, propagated=True, refit=True)
-        S, E = first["inputs"].to(device), first["input_error"].to(device)
+        S = module.backend.gram(module.inputs, device)
+        E = module.inputs_error.to(device)
         every = torch.arange(S.shape[0], device=device)
         W_bar = tuple(refit_output_map(w.detach(), S, every, E, ridge=module.ridge) for w in module.W_in)
-        again = self.streams.moments(module.layer, module.kind, propagated=True, refit=True,
-                                     weights=dict(zip(paths, W_bar)))
-        return W_bar, again["gram"].to(device), again["error"].to(device)
+        again = module.remeasure(W_bar)
+        return W_bar, again.gram().to(device), again.output_error.to(device)
 
     def select(self, module, k):
         G, S, x_mean, rows, error = self._statistics(module)
@@ -570,8 +382,7 @@ class Goa(PruningMethod):
             scores = attention_importance(W_bar, G, rows, u)
             candidates = self.candidates.get(module.layer, [])
         else:
-            block = self.blocks[module.layer]
-            biases = tuple(_detached(self.model.get_submodule(p).bias, device) for p in block.mlp_in)
+            biases = tuple(_detached(b, device) for b in module.b_in)
             scores = mlp_importance(W_bar, W_in, S, rows, biases=biases, mean=x_mean)
             candidates = []
         order = removal_order(scores.cpu().numpy(), candidates)

@@ -91,9 +91,9 @@ statlab's setting differs:
   ``(AᵀA)_uv = ⟨Z'_u W_uᵀ, Z'_v W_vᵀ⟩ = Σ (W_uᵀW_v) ∘ G'_uv`` over the units'
   column blocks. Its right-hand side is, with ``dense_target=True``
   (default), ``⟨Z'_u W_uᵀ, Z Wᵀ⟩``: the *dense* model's output of the map
-  (``Z`` the dense activations), from the cross moment ``Z'ᵀ(Z − Z')`` of paired
-  dense / pruned passes (:class:`statlab.methods.goa.PairedStreams`, the
-  passes GOA runs for the same reason); with ``dense_target=False`` the
+  (``Z`` the dense activations), from the cross moment ``Z'ᵀ(Z − Z')`` the
+  driver supplies (``dense_outputs`` in ``needs``: ``ModuleStats.output_error``,
+  as for GOA's recovery); with ``dense_target=False`` the
   unpruned module on the pruned model's inputs (``Z' Wᵀ``, the driver's own
   target; no extra passes). Neither includes the residual branch: the
   output map's bias and the residual stream are left as they are. Without
@@ -130,7 +130,6 @@ from statlab.reference import budget as budget_lib
 from statlab.threads import scipy_blas
 
 from .base import ModuleStats, PruningMethod, Selection, SizeChoice, restricted_w_out
-from .goa import PairedStreams
 
 TARGETS = ("auto", "labels", "next-token", "hidden")
 SCALE_LIMIT = 10.0  # the authors' safeguard on tuned mask values
@@ -430,12 +429,13 @@ class Kwon(PruningMethod):
         Stage 3 (default on); False keeps the selected columns unscaled.
     dense_target : bool
         Stage 3 reconstructs the dense model's output of each output map
-        (paired passes, default) rather than the unpruned map on the pruned
+        (the driver's dense-output moments, default) rather than the unpruned map on the pruned
         model's inputs.
     """
 
     name = "kwon"
-    needs = frozenset({"activations"})  # sizes come from the gradient pass: no dense pass when it propagates
+    needs = frozenset({"activations", "dense_outputs"})  # sizes come from the gradient pass: no dense pass
+    # when it propagates; the dense outputs only for stage 3's default target
     propagates = True  # stage 3 fits each layer on the inputs the pruned layers below give it
 
     def __init__(self, *, seed: int = 0, ridge: float = 0.0, target: str = "auto", rearrange: bool = True,
@@ -445,8 +445,10 @@ class Kwon(PruningMethod):
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.target = target
         self.rearrange, self.tuning, self.dense_target = bool(rearrange), bool(tuning), bool(dense_target)
+        if not (self.tuning and self.dense_target):
+            self.needs = type(self).needs - {"dense_outputs"}
         self.grads, self.kept = None, {}
-        self._streams, self._run, self._stopped = None, None, None
+        self._stopped = None
         options = [o for o, on in (("no rearrangement", not rearrange), ("no tuning", not tuning),
                                    ("driver target", tuning and not dense_target)) if on]
         if options:
@@ -456,8 +458,6 @@ class Kwon(PruningMethod):
         self.target = resolve_target(model, adapter, calibration, self.target)
         self.grads = mask_gradients(model, blocks, calibration, self.target, seed=self.seed)
         self.kept, self._stopped = {}, None
-        self._streams, self._run = None, (model, adapter, blocks, calibration)
-        self._last = (blocks[-1].index, "mlp") if blocks else None
 
     def sizes(self, modules, costs, fraction, adapter):
         if self.grads is None:
@@ -488,20 +488,8 @@ class Kwon(PruningMethod):
             kept = rearrange_units(self.grads[key], order) if self.rearrange else sorted(order.tolist())
         return kept
 
-    @property
-    def streams(self) -> PairedStreams:
-        """Paired dense / pruned passes, started on first use (before the first module is pruned)."""
-        if self._streams is None:
-            self._streams = PairedStreams(*self._run)
-        return self._streams
-
     def select(self, module, k):
-        kept = self._units(module, k)
-        try:
-            return self._tuned(module, kept)
-        finally:
-            if (module.layer, module.kind) == self._last:
-                self._streams = None  # the paired hidden states are no longer needed
+        return self._tuned(module, self._units(module, k))
 
     def _tuned(self, module, kept):
         w_out = restricted_w_out(module, kept)
@@ -510,8 +498,11 @@ class Kwon(PruningMethod):
             return Selection(kept, w_out)
         if propagated and not self.dense_target:
             G, error = module.gram(), None
-        elif propagated:  # paired passes: the dense target's cross moment
-            G, error = module.gram(), self.streams.moments(module.layer, module.kind, propagated=True)["error"]
+        elif propagated:  # the dense target's cross moment, from the driver
+            if module.output_error is None:
+                raise RuntimeError(f"layer {module.layer} {module.kind}: no dense-output moment; Kwon et al.'s "
+                                   "mask tuning runs through statlab.prune, which supplies it")
+            G, error = module.gram(), module.output_error
         else:  # the one-pass variant: the driver's dense Gram, whose target is the dense module itself
             G, error = module.gram(), None
         if not kept:
