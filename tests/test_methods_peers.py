@@ -385,3 +385,14 @@ def test_slimllm_layer_similarity_and_shares():
         dense = budget_lib.total_cost([c.units for c in costs], costs)
         assert budget_lib.total_cost(sizes, costs) <= fraction * dense + 1e-6
         assert sizes[1] <= sizes[3]  # the layer with the larger share keeps fewer neurons
+
+
+def test_slimllm_sizes_refuse_modules_without_the_layer_similarity():
+    """Eq. 11 without s_l would be a silent uniform split: it is refused."""
+    model = tiny_bert(layers=2)
+    adapter = get_adapter(model)
+    blocks = adapter.blocks(model)
+    keys = statlab.records.module_keys(blocks)
+    costs = dict(zip(keys, (c for pair in module_costs(model, adapter, blocks, "macs", 20) for c in pair)))
+    with pytest.raises(ValueError, match="layer_similarity"):
+        slim_lib.SlimLLM().sizes(dict.fromkeys(keys), costs, 0.5, adapter)

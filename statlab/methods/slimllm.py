@@ -352,8 +352,11 @@ class SlimLLM(PruningMethod):
         keys = list(costs)
         L = len({k.layer for k in keys})
         by_layer = {k.layer: modules[k].layer_similarity for k in keys if modules.get(k) is not None}
-        sim = np.array([by_layer[layer] for layer in sorted(by_layer)]) if len(by_layer) == L and \
-            None not in by_layer.values() else np.ones(L)
+        if len(by_layer) != L or None in by_layer.values():
+            raise ValueError("SlimLLM's sizes (Eq. 11) need every layer's input/output similarity "
+                             "(ModuleStats.layer_similarity), which the driver's dense pass supplies: "
+                             "run SlimLLM through statlab.prune")
+        sim = np.array([by_layer[layer] for layer in sorted(by_layer)])
         alpha = self.alpha if self.alpha is not None else default_alpha(fraction)
         skip = self.skip_layers if self.skip_layers is not None else int(round(L / 16))
         skip = min(max(skip, 0), L - 1)
