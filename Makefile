@@ -1,6 +1,7 @@
 # Two jobs for a fresh machine; each sets itself up in a local virtual environment.
 #   make demo   - the main job (see README)
 #   make test   - the whole test suite, notebooks included (nbval)
+#   make book   - the course: the executed notebooks as static HTML pages in build/book/
 # Override the torch build with e.g. `make test TORCH_SPEC="torch==2.13.0+cu128"`.
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.statlab-installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test book install clean-venv
 
 install: $(STAMP)
 
@@ -34,6 +35,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+
+book: $(STAMP)
+	$(BIN)/python tools/build_book.py --out build/book
 
 clean-venv:
 	rm -rf $(VENV)
