@@ -1,7 +1,8 @@
 """STS-B Spearman of pruned all-MiniLM-L6-v2 over a grid; prints one JSON document.
 
 The grid is the product of methods, MAC budgets, calibration sources and sizes
-and ridges. ``--half tune`` scores the even-numbered STS-B dev pairs (where the
+and ridges (``gcv``: STAT's ridge chosen per module by generalised
+cross-validation, ``Stat(ridge_rule="gcv")``). ``--half tune`` scores the even-numbered STS-B dev pairs (where the
 defaults are chosen), ``--half report`` the odd-numbered ones (the figures the
 README reports). Example (the README's curve):
 
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.5")
     parser.add_argument("--sources", default="mrpc")
     parser.add_argument("--sizes", default="512")
-    parser.add_argument("--ridges", default="0")
+    parser.add_argument("--ridges", default="0", help="relative ridges of STAT's corrections, or gcv")
     parser.add_argument("--half", default="report", choices=["tune", "report"])
     parser.add_argument("--model", default="minilm")
     args = parser.parse_args()
@@ -37,6 +38,7 @@ def main() -> None:
     from statlab.calibration import EVAL_SEQ_LEN, calibration_batches
     from statlab.costs import block_macs
     from statlab.evaluate import stsb_spearman
+    from statlab.methods import Stat
     from statlab.models.loading import load_model
 
     transformers.logging.set_verbosity_error()
@@ -47,12 +49,15 @@ def main() -> None:
         for size in map(int, args.sizes.split(",")):
             batches, calib = calibration_batches(tokenizer, "stsb", size=size, source=source)
             for method in args.methods.split(","):
-                for ridge in map(float, args.ridges.split(",")) if method == "stat" else (0.0,):
+                for ridge in args.ridges.split(",") if method == "stat" else ("0",):
+                    chosen = Stat(ridge_rule="gcv") if ridge == "gcv" else method
+                    ridge = ridge if ridge == "gcv" else float(ridge)
                     for budget in map(float, args.budgets.split(",")):
                         model = copy.deepcopy(dense)
                         start = time.perf_counter()
-                        plan = statlab.prune(model, batches, mac_fraction=budget, method=method, ridge=ridge,
-                                             seq_len=EVAL_SEQ_LEN, base=args.model)
+                        plan = statlab.prune(model, batches, mac_fraction=budget, method=chosen,
+                                             ridge=0.0 if ridge == "gcv" else ridge, seq_len=EVAL_SEQ_LEN,
+                                             base=args.model)
                         seconds = time.perf_counter() - start
                         row = {"method": method, "budget": budget, "source": source, "calibration_size": size,
                                "calibration_tokens": calib["tokens"], "ridge": ridge,

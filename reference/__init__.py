@@ -29,7 +29,7 @@ for every ``k``; ``weight`` a corrected output map.
 from .heads import prune_heads, unit_gram, unit_order
 from .id import ID, interpolative_decomposition, reconstruction_error, ridge_least_squares, solve_psd
 from .mlp import output_residuals, prune_mlp
-from .pruning import ModulePruning
+from .pruning import RIDGES, ModulePruning, RidgeChoice, gcv_ridge
 from .sketch import countsketch, gaussian_sketch
 
 __all__ = [
@@ -39,6 +39,8 @@ __all__ = [
     "ridge_least_squares",
     "solve_psd",
     "ModulePruning",
+    "RidgeChoice",
+    "gcv_ridge",
     "prune_mlp",
     "output_residuals",
     "prune_heads",

@@ -79,6 +79,14 @@ class Backend(ABC):
         ``order``: the full unit order an earlier call on the same data returned (``idx`` at ``k = units``).
         """
 
+    @abstractmethod
+    def gcv_ridge(self, data, W_out: torch.Tensor, cols, rows: int) -> float:
+        """The relative ridge of the correction on columns ``cols (k,)`` by generalised cross-validation.
+
+        :func:`statlab.reference.gcv_ridge` over :data:`statlab.reference.pruning.RIDGES`;
+        ``rows`` is the number of tokens behind ``data``.
+        """
+
 
 class FastBackend(Backend):
     """Grams on the model's device, :mod:`statlab.fast`."""
@@ -103,6 +111,9 @@ class FastBackend(Backend):
 
     def prune_heads(self, data, W_out, unit_size, k, *, ridge=0.0, curve=True, order=None):
         return fast.prune_heads_from_gram(data, W_out, unit_size, k, ridge=ridge, curve=curve, order=order)
+
+    def gcv_ridge(self, data, W_out, cols, rows):
+        return fast.gcv_ridge_from_gram(data, W_out, cols, rows).ridge
 
 
 class ReferenceBackend(Backend):
@@ -136,6 +147,10 @@ class ReferenceBackend(Backend):
         with scipy_blas():
             return _as_torch(reference.prune_heads(data, _numpy(W_out), unit_size, k, ridge=ridge, curve=curve,
                                                    order=order))
+
+    def gcv_ridge(self, data, W_out, cols, rows):
+        with scipy_blas():
+            return reference.gcv_ridge(data, _numpy(W_out), np.asarray(cols)).ridge
 
 
 class MatrixRecorder:

@@ -39,7 +39,7 @@ from .id import (
     solve_psd,
 )
 from .mlp import output_residuals, output_residuals_from_gram, prune_mlp, prune_mlp_from_gram
-from .pruning import ModulePruning
+from .pruning import RIDGES, ModulePruning, RidgeChoice, gcv_ridge, gcv_ridge_from_gram
 from .sketch import SketchAccumulator, countsketch, gaussian_sketch
 
 FAST_ONLY = (
@@ -49,6 +49,7 @@ FAST_ONLY = (
     "prune_mlp_from_gram",
     "output_residuals_from_gram",
     "prune_heads_from_gram",
+    "gcv_ridge_from_gram",
     "gram_matrix",
     "pivoted_cholesky",
     "GramAccumulator",

@@ -14,24 +14,26 @@ import numpy as np
 
 from statlab.reference import budget as budget_lib
 
-from .base import ModuleStats, PruningMethod, Selection, SizeChoice, restricted_w_out, unit_energies
+from .base import ModuleStats, PruningMethod, Selection, SizeChoice, restricted_w_out, unit_columns, unit_energies
 
 
-def prune_module(module: ModuleStats, k: int, *, curve: bool = False):
+def prune_module(module: ModuleStats, k: int, *, curve: bool = False, ridge: float | None = None):
     """``(kept units, W_out' fp64 tensor, residual curve or None)`` of one module at ``k`` units.
 
     The full pivot order, once computed (the sizes' curves at ``k = units``),
     stays in ``module.cache``: a selection on the same statistics (the
     one-pass variant, where the driver hands the sizes' modules to ``select``)
     reuses it instead of factorising again. Propagated selections get new
-    modules, with an empty cache.
+    modules, with an empty cache. ``ridge`` (default the module's) is the
+    correction's relative ridge.
     """
     order = module.cache.get("order")
+    ridge = module.ridge if ridge is None else ridge
     if module.kind == "attention":
-        r = module.backend.prune_heads(module.stats, module.W_out, module.unit_size, k, ridge=module.ridge,
+        r = module.backend.prune_heads(module.stats, module.W_out, module.unit_size, k, ridge=ridge,
                                        curve=curve, order=order)
     else:
-        r = module.backend.prune_mlp(module.stats, module.W_out, k, ridge=module.ridge, curve=curve, order=order)
+        r = module.backend.prune_mlp(module.stats, module.W_out, k, ridge=ridge, curve=curve, order=order)
     if k == module.units:
         module.cache["order"] = r.idx
     residuals = None if r.residuals is None else r.residuals.cpu().numpy()
@@ -73,19 +75,27 @@ class Stat(PruningMethod):
     weighting : bool
         Weight each module's error curve by its layer (:func:`layer_weights`,
         default) or weigh all modules alike.
+    ridge_rule : {"fixed", "gcv"}
+        The correction's relative ridge: ``ridge`` in every module (default),
+        or chosen per module by generalised cross-validation on its own
+        statistics (:func:`statlab.reference.gcv_ridge`; ``ridge`` is then unused).
     """
 
     name = "stat"
     sizes_read_data = True  # the error curves of the dense pass
     propagates = True
 
-    def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True):
+    def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed"):
         super().__init__(seed=seed, ridge=ridge)
         if sizes not in ("curves", "uniform"):
             raise ValueError(f"sizes must be 'curves' or 'uniform', got {sizes!r}")
+        if ridge_rule not in ("fixed", "gcv"):
+            raise ValueError(f"ridge_rule must be 'fixed' or 'gcv', got {ridge_rule!r}")
         self.correction, self.size_rule, self.weighting = bool(correction), sizes, bool(weighting)
+        self.ridge_rule = ridge_rule
         off = [word for word, on in (("no correction", self.correction), ("uniform sizes", sizes == "curves"),
                                      ("no layer weights", self.weighting)) if not on]
+        off += ["gcv ridge"] if ridge_rule == "gcv" else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
@@ -101,5 +111,11 @@ class Stat(PruningMethod):
         return SizeChoice(dict(zip(keys, sizes)), dict(zip(keys, curves)), info)
 
     def select(self, module, k):
+        if self.correction and self.ridge_rule == "gcv" and 0 < k < module.units:
+            order, _, _ = prune_module(module, module.units)  # the pivots once (kept in module.cache)
+            cols = unit_columns(order[:k], module.unit_size)
+            ridge = module.backend.gcv_ridge(module.stats, module.W_out, cols, module.rows)
+            kept, weight, _ = prune_module(module, k, ridge=ridge)
+            return Selection(kept, weight)
         kept, weight, _ = prune_module(module, k)
         return Selection(kept, weight if self.correction else restricted_w_out(module, kept))
