@@ -1,7 +1,10 @@
 """WikiText-2 perplexity of a pruned decoder over methods and sparsities; prints one JSON document.
 
 Calibration: ``--windows`` windows of ``--window`` tokens from WikiText-2
-validation; evaluation: the first whole test windows up to ``--max-tokens``.
+validation; evaluation: the first whole test windows up to ``--max-tokens``,
+or with ``--eval validation`` the first validation windows calibration did not
+draw (where defaults are chosen). ``--ridges`` gives STAT's correction ridges
+(``gcv``: chosen per module by generalised cross-validation).
 Example (the README's SmolLM2 table):
 
     python benchmarks/sweep_llama.py --methods stat,activation,magnitude \\
@@ -27,6 +30,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=32, help="calibration windows")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=16384)
+    parser.add_argument("--ridges", default="0", help="relative ridges of STAT's corrections, or gcv")
+    parser.add_argument("--eval", default="test", choices=["test", "validation"],
+                        help="test windows, or validation windows calibration did not draw")
     parser.add_argument("--plot", help="save a perplexity-vs-sparsity plot here")
     args = parser.parse_args()
 
@@ -38,12 +44,19 @@ def main() -> None:
     from statlab.costs import block_macs
     from statlab.data import token_windows
     from statlab.evaluate import count_parameters, perplexity
+    from statlab.methods import Stat
     from statlab.models.loading import load_model
 
     transformers.logging.set_verbosity_error()
     dense, tokenizer = load_model(args.model)
-    test = token_windows(tokenizer, "test", window=args.window, max_tokens=args.max_tokens)
     batches, calib = calibration_batches(tokenizer, "wikitext2", size=args.windows, window=args.window)
+    if args.eval == "validation":
+        drawn = torch.cat([b["input_ids"] for b in batches])  # (windows, window)
+        windows = token_windows(tokenizer, "validation", window=args.window)
+        unseen = ~(windows[:, None, :] == drawn[None]).all(dim=-1).any(dim=1)
+        test = windows[unseen][: max(args.max_tokens // args.window, 1)]
+    else:
+        test = token_windows(tokenizer, "test", window=args.window, max_tokens=args.max_tokens)
 
     def evaluate(model):
         return {**perplexity(model, test, disable_progress=True), "macs": block_macs(model, args.window),
@@ -52,20 +65,28 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        for sparsity in map(float, args.sparsities.split(",")):
-            model = copy.deepcopy(dense)
-            start = time.perf_counter()
-            plan = statlab.prune(model, batches, sparsity=sparsity, method=method, seq_len=args.window,
-                                 base=args.model)
-            row = {"method": method, "sparsity": sparsity, "prune_seconds": round(time.perf_counter() - start, 1),
-                   "kept": plan.kept_fraction(), **evaluate(model)}
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            results.append(row)
+        for ridge in args.ridges.split(",") if method == "stat" else ("0",):
+            chosen = Stat(ridge_rule="gcv") if ridge == "gcv" else method
+            ridge = ridge if ridge == "gcv" else float(ridge)
+            for sparsity in map(float, args.sparsities.split(",")):
+                model = copy.deepcopy(dense)
+                start = time.perf_counter()
+                plan = statlab.prune(model, batches, sparsity=sparsity, method=chosen, seq_len=args.window,
+                                     ridge=0.0 if ridge == "gcv" else ridge, base=args.model)
+                row = {"method": method, "ridge": ridge, "sparsity": sparsity,
+                       "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
+                       **evaluate(model)}
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                results.append(row)
     machine = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     document = {"sweep": vars(args), "calibration": calib, "machine": machine, "results": results}
     print(json.dumps(document, indent=1))
     if args.plot:
         plot(document, args.plot)
+
+
+def sweep_eval(document) -> str:
+    return "held-out validation" if document["sweep"].get("eval") == "validation" else "test"
 
 
 def plot(document, path):
@@ -75,12 +96,14 @@ def plot(document, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     dense = next(r for r in document["results"] if r["method"] == "dense")
     ax.axhline(dense["perplexity"], color="gray", ls="--", label=f"dense {dense['perplexity']:.1f}")
-    for method in dict.fromkeys(r["method"] for r in document["results"] if r["method"] != "dense"):
-        rows = [r for r in document["results"] if r["method"] == method]
-        ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=method)
+    runs = dict.fromkeys((r["method"], r.get("ridge", 0.0)) for r in document["results"] if r["method"] != "dense")
+    for method, ridge in runs:
+        rows = [r for r in document["results"] if r["method"] == method and r.get("ridge", 0.0) == ridge]
+        label = method if len({m for m, _ in runs if m == method}) == 1 and ridge in (0, 0.0) else f"{method} ridge {ridge}"
+        ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")
-    ax.set_ylabel("WikiText-2 test perplexity")
+    ax.set_ylabel(f"WikiText-2 {sweep_eval(document)} perplexity")
     sweep = document["sweep"]
     ax.set_title(f"{sweep['model']}: {sweep['windows']}×{sweep['window']} calibration tokens, "
                  f"{dense['tokens']} test tokens", fontsize=9)
