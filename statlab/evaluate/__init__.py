@@ -27,6 +27,7 @@ from .squad import load_squad, normalize_answer, squad_metrics, squad_prediction
 from .encoders import STSB_HALVES, mean_pooled_embeddings, stsb_spearman
 from .probe import DEFAULT_L2, PROBE_TASKS, Probe, fit_probe, probe_metrics
 from .tasks import DECODER_TASKS, EVAL_TASKS, check_task, evaluate_model, evaluate_task, scored_by, task_metrics
+from .uncertainty import BootstrapInterval, bootstrap_interval, stsb_predictions
 
 # the private helpers keep the address they had when this was one module (statlab/evaluate.py);
 # patch them where they live (statlab.evaluate.encoders._embed_pairs, ...), not here
