@@ -54,6 +54,8 @@ def run_prune(args) -> dict:
     say = _report(args)
     device, dtype = _hardware(args)  # a machine without the device is told before any work
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
+    if args.ridge == "gcv" and args.method != "stat":
+        raise ValueError(f"--ridge gcv is STAT's rule (--method stat), not {args.method}'s: give a number")
     corpus = _calibration_corpus(args)  # a bad file is refused before the model loads
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
@@ -76,9 +78,11 @@ def run_prune(args) -> dict:
 
         probe = fit_probe(model, tokenizer, args.task, seed=args.seed)
     start = time.perf_counter()
+    gcv = args.ridge == "gcv"
+    method = statlab.methods.Stat(seed=args.seed, ridge_rule="gcv") if gcv else args.method
     plan = statlab.prune(model, batches, mac_fraction=args.mac_fraction, sparsity=args.sparsity,
-                         backend=args.backend, method=args.method, seed=args.seed,
-                         propagate=not args.one_pass, ridge=args.ridge, seq_len=cost_seq_len(args.task, args.window),
+                         backend=args.backend, method=method, seed=args.seed, propagate=not args.one_pass,
+                         ridge=0.0 if gcv else args.ridge, seq_len=cost_seq_len(args.task, args.window),
                          precision=args.precision, offload=args.offload, device=device if args.offload else None,
                          base=model.name_or_path)  # absolute for a local model: the plan reloads from anywhere
     seconds = time.perf_counter() - start
@@ -269,7 +273,12 @@ _sparsity = _bounded(float, "sparsity", low=0, high=1, high_open=True)  # parame
 _count = _bounded(int, "", low=1)
 _seed = _bounded(int, "", low=0)
 _window = _bounded(int, "", low=2)  # a window predicts window - 1 tokens
-_ridge = _bounded(float, "", low=0)
+_ridge_value = _bounded(float, "", low=0)
+
+
+def _ridge(text: str):
+    """``--ridge``: a relative ridge >= 0, or ``gcv`` (STAT's per-module choice by generalised cross-validation)."""
+    return "gcv" if text.strip().lower() == "gcv" else _ridge_value(text)
 
 
 def _items(text: str, what: str) -> list[str]:
@@ -420,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_CALIBRATION_WINDOWS})")
     p.add_argument("--window", type=_window, default=DEFAULT_WINDOW, help=window_help)
     _add_calibration_text(p, exclusive_with_source=True)
-    p.add_argument("--ridge", type=_ridge, default=0.0, help="relative ridge of the corrections, >= 0")
+    p.add_argument("--ridge", type=_ridge, default=0.0,
+                   help="relative ridge of the corrections, >= 0, or gcv (stat only: each module's ridge chosen by "
+                        "generalised cross-validation on its calibration statistics)")
     p.add_argument("--one-pass", action="store_true", help="do not propagate through pruned layers")
     p.add_argument("--precision", choices=GRAM_PRECISIONS, default="fp64",
                    help="accumulation of the Grams: fp64 (default; CPU, A100/H100/H200), fp32, or tf32 (TF32 tensor "

@@ -94,3 +94,12 @@ def test_distilbert_stand_in_matches_bert(minilm):
         a = bert(**batch).last_hidden_state
         b = distil(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     assert float((a - b).abs().max()) < 1e-4
+
+
+def test_prune_with_the_gcv_ridge(tmp_path, capsys):
+    out = tmp_path / "minilm-gcv"
+    assert cli.main(["prune", "--model", "minilm", "--task", "stsb", "--mac-fraction", "0.6",
+                     "--calibration-size", "64", "--ridge", "gcv", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["meta"]["method"] == "stat (gcv ridge)" and plan["meta"]["ridge"] == 0.0
