@@ -10,7 +10,10 @@ this task" for all of them. Task models are scored by their own heads:
 GLUE classifiers and the STS-B regressor (:mod:`.heads`), and SQuAD exact
 match and F1 of a ``*ForQuestionAnswering`` model's span predictions
 (:mod:`.squad`). Zero-shot tasks of lm-evaluation-harness run on the in-memory
-model (:mod:`.lmeval`, the ``lmeval`` extra).
+model (:mod:`.lmeval`, the ``lmeval`` extra). How far a dev score could move on
+another sample of its examples: percentile bootstrap intervals, single or
+paired (:mod:`.uncertainty`; per-pair STS-B predictions from
+:func:`stsb_predictions`).
 
 Functions that run the model put it in eval mode for their duration and restore
 the previous mode; loops over many batches show a tqdm bar, which
@@ -24,10 +27,10 @@ from .efficiency import count_parameters, latency, measured_flops
 from .heads import HEAD_METRICS, LabelMismatchError, glue_scores, head_kind, head_metrics, label_map
 from .lmeval import parse_lm_eval_task, zero_shot
 from .squad import load_squad, normalize_answer, squad_metrics, squad_predictions, squad_scores
-from .encoders import STSB_HALVES, mean_pooled_embeddings, stsb_spearman
+from .encoders import STSB_HALVES, mean_pooled_embeddings, stsb_predictions, stsb_spearman
 from .probe import DEFAULT_L2, PROBE_TASKS, Probe, fit_probe, probe_metrics
 from .tasks import DECODER_TASKS, EVAL_TASKS, check_task, evaluate_model, evaluate_task, scored_by, task_metrics
-from .uncertainty import BootstrapInterval, bootstrap_interval, stsb_predictions
+from .uncertainty import BootstrapInterval, bootstrap_interval
 
 # the private helpers keep the address they had when this was one module (statlab/evaluate.py);
 # patch them where they live (statlab.evaluate.encoders._embed_pairs, ...), not here
@@ -76,6 +79,9 @@ __all__ = [
     "measured_flops",
     "perplexity",
     "probe_metrics",
+    "stsb_predictions",
     "stsb_spearman",
+    "BootstrapInterval",
+    "bootstrap_interval",
     "task_metrics",
 ]

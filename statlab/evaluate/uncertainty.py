@@ -23,13 +23,8 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-import torch.nn.functional as F
 from scipy import stats
 
-from statlab import data
-
-from ._common import _spread_rows
-from .encoders import STSB_HALVES, _embed_pairs
 
 METRICS = ("spearman", "pearson", "accuracy", "f1")
 # Fewer examples than this give percentile intervals that cover badly, and resamples of a
@@ -158,50 +153,6 @@ def bootstrap_interval(
     low, high = result.confidence_interval
     return BootstrapInterval(estimate, float(low), float(high), float(level), int(resamples),
                              len(arrays["gold"]))
-
-
-def stsb_predictions(
-    model,
-    tokenizer,
-    *,
-    limit: int | None = None,
-    half: str | None = None,
-    batch_size: int = 64,
-    disable_progress: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair STS-B dev predictions: the cosine similarities and gold scores behind the Spearman.
-
-    The same pairs, embeddings and order as
-    :func:`statlab.evaluate.encoders.stsb_spearman`, so
-    ``scipy.stats.spearmanr(*stsb_predictions(m, t, half=h))`` is its
-    ``spearman``; kept per pair so that :func:`bootstrap_interval` can resample them.
-
-    Parameters
-    ----------
-    model, tokenizer : transformers encoder and its tokenizer
-    limit : int, optional
-        ``limit`` pairs spread evenly over the selected ones.
-    half : {"tune", "report"}, optional
-        Even-numbered or odd-numbered dev pairs (750 each); all 1500 by default.
-    batch_size : int
-    disable_progress : bool or None
-
-    Returns
-    -------
-    cosine : ndarray of float64, shape (S,)
-        Cosine similarity of the two sentences' mean-pooled embeddings.
-    gold : ndarray of float64, shape (S,)
-        The gold similarity, 0 to 5.
-    """
-    pairs = data.load_task("stsb", "validation")
-    if half is not None:
-        if half not in STSB_HALVES:
-            raise ValueError(f"half must be one of {STSB_HALVES} or None, got {half!r}")
-        pairs = pairs.select(range(STSB_HALVES.index(half), len(pairs), 2))
-    pairs = _spread_rows(pairs, limit)
-    u, v = _embed_pairs(model, tokenizer, pairs, batch_size, disable_progress)  # (S, d) each
-    cosine = F.cosine_similarity(u, v, dim=-1).double().numpy()  # (S,)
-    return cosine, np.asarray(pairs["label"][:], dtype=np.float64)
 
 
 def _metric(metric):
