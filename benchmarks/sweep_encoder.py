@@ -38,7 +38,7 @@ def main() -> None:
     from statlab.calibration import EVAL_SEQ_LEN, calibration_batches
     from statlab.costs import block_macs
     from statlab.evaluate import stsb_spearman
-    from statlab.methods import Stat
+    from statlab.methods import method_and_ridge
     from statlab.models.loading import load_model
 
     transformers.logging.set_verbosity_error()
@@ -50,13 +50,13 @@ def main() -> None:
             batches, calib = calibration_batches(tokenizer, "stsb", size=size, source=source)
             for method in args.methods.split(","):
                 for ridge in args.ridges.split(",") if method == "stat" else ("0",):
-                    chosen = Stat(ridge_rule="gcv") if ridge == "gcv" else method
-                    ridge = ridge if ridge == "gcv" else float(ridge)
+                    chosen, fixed = method_and_ridge(method, ridge)
+                    ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
                     for budget in map(float, args.budgets.split(",")):
                         model = copy.deepcopy(dense)
                         start = time.perf_counter()
                         plan = statlab.prune(model, batches, mac_fraction=budget, method=chosen,
-                                             ridge=0.0 if ridge == "gcv" else ridge, seq_len=EVAL_SEQ_LEN,
+                                             ridge=fixed, seq_len=EVAL_SEQ_LEN,
                                              base=args.model)
                         seconds = time.perf_counter() - start
                         row = {"method": method, "budget": budget, "source": source, "calibration_size": size,

@@ -44,7 +44,7 @@ def main() -> None:
     from statlab.costs import block_macs
     from statlab.data import token_windows
     from statlab.evaluate import count_parameters, perplexity
-    from statlab.methods import Stat
+    from statlab.methods import method_and_ridge
     from statlab.models.loading import load_model
 
     transformers.logging.set_verbosity_error()
@@ -66,13 +66,13 @@ def main() -> None:
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
         for ridge in args.ridges.split(",") if method == "stat" else ("0",):
-            chosen = Stat(ridge_rule="gcv") if ridge == "gcv" else method
-            ridge = ridge if ridge == "gcv" else float(ridge)
+            chosen, fixed = method_and_ridge(method, ridge)
+            ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
             for sparsity in map(float, args.sparsities.split(",")):
                 model = copy.deepcopy(dense)
                 start = time.perf_counter()
                 plan = statlab.prune(model, batches, sparsity=sparsity, method=chosen, seq_len=args.window,
-                                     ridge=0.0 if ridge == "gcv" else ridge, base=args.model)
+                                     ridge=fixed, base=args.model)
                 row = {"method": method, "ridge": ridge, "sparsity": sparsity,
                        "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
                        **evaluate(model)}

@@ -54,8 +54,7 @@ def run_prune(args) -> dict:
     say = _report(args)
     device, dtype = _hardware(args)  # a machine without the device is told before any work
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
-    if args.ridge == "gcv" and args.method != "stat":
-        raise ValueError(f"--ridge gcv is STAT's rule (--method stat), not {args.method}'s: give a number")
+    method, ridge = statlab.methods.method_and_ridge(args.method, args.ridge, seed=args.seed)  # gcv: stat only
     corpus = _calibration_corpus(args)  # a bad file is refused before the model loads
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
@@ -78,11 +77,9 @@ def run_prune(args) -> dict:
 
         probe = fit_probe(model, tokenizer, args.task, seed=args.seed)
     start = time.perf_counter()
-    gcv = args.ridge == "gcv"
-    method = statlab.methods.Stat(seed=args.seed, ridge_rule="gcv") if gcv else args.method
     plan = statlab.prune(model, batches, mac_fraction=args.mac_fraction, sparsity=args.sparsity,
                          backend=args.backend, method=method, seed=args.seed, propagate=not args.one_pass,
-                         ridge=0.0 if gcv else args.ridge, seq_len=cost_seq_len(args.task, args.window),
+                         ridge=ridge, seq_len=cost_seq_len(args.task, args.window),
                          precision=args.precision, offload=args.offload, device=device if args.offload else None,
                          base=model.name_or_path)  # absolute for a local model: the plan reloads from anywhere
     seconds = time.perf_counter() - start

@@ -10,7 +10,7 @@ import torch
 
 import statlab
 from statlab import fast, reference
-from statlab.methods import Stat
+from statlab.methods import Stat, method_and_ridge
 
 from .test_llama import tiny_llama, windows
 from .test_prune import batches, tiny_bert
@@ -106,3 +106,12 @@ def test_stat_gcv_changes_only_the_corrections():
 def test_ridge_rule_is_checked():
     with pytest.raises(ValueError, match="ridge_rule"):
         Stat(ridge_rule="loo")
+
+
+def test_method_and_ridge_maps_the_word_gcv_to_stats_rule():
+    assert method_and_ridge("flap", "0.01") == ("flap", 0.01)  # a number passes through, as a float
+    assert method_and_ridge("stat", 0) == ("stat", 0.0)
+    method, ridge = method_and_ridge("stat", " GCV ", seed=3)
+    assert isinstance(method, Stat) and method.ridge_rule == "gcv" and method.seed == 3 and ridge == 0.0
+    with pytest.raises(ValueError, match="STAT's rule"):
+        method_and_ridge("slimllm", "gcv")  # no other method has the rule: never a silent fixed ridge

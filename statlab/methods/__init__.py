@@ -27,5 +27,20 @@ def get_method(name: str, **options) -> PruningMethod:
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "get_method", "PruningMethod", "ModuleStats", "Selection", "SizeChoice", "keep_top", "unit_columns",
+def method_and_ridge(method: str, ridge, *, seed: int = 0) -> tuple[str | PruningMethod, float]:
+    """``statlab.prune``'s ``method`` and ``ridge`` from a method name and a ridge that may be ``"gcv"``.
+
+    A number is the driver's fixed relative ridge, and the name goes through as
+    it is. ``"gcv"`` is STAT's per-module choice by generalised cross-validation:
+    ``(Stat(seed=seed, ridge_rule="gcv"), 0.0)``. Only STAT has that rule, so
+    ``"gcv"`` with another method is an error rather than a silent fixed ridge.
+    """
+    if not (isinstance(ridge, str) and ridge.strip().lower() == "gcv"):
+        return method, float(ridge)
+    if method != "stat":
+        raise ValueError(f"--ridge gcv is STAT's rule (--method stat), not {method}'s: give a number")
+    return Stat(seed=seed, ridge_rule="gcv"), 0.0
+
+
+__all__ = ["METHODS", "get_method", "method_and_ridge", "PruningMethod", "ModuleStats", "Selection", "SizeChoice", "keep_top", "unit_columns",
            "unit_energies", "Stat", "Goa", "SlimLLM", "Kwon", "Flap", "Activation", "Magnitude", "Random"]
