@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from statlab.backends import Backend, get_backend
+from statlab.fast.id import interpolation_coefficients, solve_psd
 from statlab.inputs import check_int, check_ridge
 from statlab.records import ModuleKey
 from statlab.reference import budget as budget_lib
@@ -312,6 +313,31 @@ def keep_top(module: ModuleStats, scores, k: int) -> Selection:
 def restricted_w_out(module: ModuleStats, units) -> torch.Tensor:
     """``W_out``'s columns of ``units`` in fp64 on the CPU, uncorrected: (out, len(units) · unit_size)."""
     return module.W_out.detach().cpu().double()[:, unit_columns(units, module.unit_size)]
+
+
+def refit_output_map(W: torch.Tensor, G: torch.Tensor, cols: torch.Tensor, error=None, *, ridge=0.0) -> torch.Tensor:
+    """Least-squares output map on the columns ``cols`` (GOA's level-2 re-fit, seed 003 Alg. 2; STAT's ``dense_target``).
+
+    Minimises ``‖Z'_K W'ᵀ − Z Wᵀ‖_F`` with ``G = Z'ᵀZ'`` and ``error = Z'ᵀ(Z − Z')``
+    (None: ``Z = Z'``): ``W' = W Tᵀ + ((G_KK + λ)⁻¹ E_K Wᵀ)ᵀ``, ``T`` from
+    :func:`~statlab.fast.id.interpolation_coefficients` (same ridge ``λ``).
+    Returns (out, len(cols)) in fp64.
+    """
+    G = G.to(torch.float64)
+    W = W.to(device=G.device, dtype=torch.float64)
+    cols = cols.to(G.device)
+    k = cols.numel()
+    if k == 0:
+        return W[:, cols]
+    out = W @ interpolation_coefficients(G, cols, ridge=ridge).T
+    if error is not None:
+        G_KK = G[cols][:, cols]
+        scale = G_KK.diagonal().sum() / k
+        if scale > 0:
+            lam = (ridge + 10 * torch.finfo(torch.float64).eps) * scale
+            rhs = error.to(G)[cols] @ W.T  # (k, out)
+            out = out + solve_psd(G_KK + lam * torch.eye(k, dtype=G.dtype, device=G.device), rhs).T
+    return out
 
 
 def unit_energies(module: ModuleStats) -> np.ndarray:

@@ -106,9 +106,8 @@ import numpy as np
 import torch
 
 from statlab.capture import capture
-from statlab.fast.id import interpolation_coefficients, solve_psd
 
-from .base import ModuleStats, PruningMethod, Selection, unit_columns
+from .base import ModuleStats, PruningMethod, Selection, refit_output_map, unit_columns
 
 ACTIVATION_FACTOR = 0.5  # seed 003 §3.2.3: ½ for ReLU; GELU and SiLU are treated as ReLU
 
@@ -193,31 +192,6 @@ def removal_order(scores, candidates=()) -> list:
     first = sorted(candidates, key=lambda u: (scores[u], u))
     rest = sorted((u for u in range(len(scores)) if u not in set(candidates)), key=lambda u: (scores[u], u))
     return first + rest
-
-
-def refit_output_map(W: torch.Tensor, G: torch.Tensor, cols: torch.Tensor, error=None, *, ridge=0.0) -> torch.Tensor:
-    """Least-squares output map on the columns ``cols`` (seed 003 Alg. 2, level 2).
-
-    Minimises ``‖Z'_K W'ᵀ − Z Wᵀ‖_F`` with ``G = Z'ᵀZ'`` and ``error = Z'ᵀ(Z − Z')``
-    (None: ``Z = Z'``): ``W' = W Tᵀ + ((G_KK + λ)⁻¹ E_K Wᵀ)ᵀ``, ``T`` from
-    :func:`~statlab.fast.id.interpolation_coefficients` (same ridge ``λ``).
-    Returns (out, len(cols)) in fp64.
-    """
-    G = G.to(torch.float64)
-    W = W.to(device=G.device, dtype=torch.float64)
-    cols = cols.to(G.device)
-    k = cols.numel()
-    if k == 0:
-        return W[:, cols]
-    out = W @ interpolation_coefficients(G, cols, ridge=ridge).T
-    if error is not None:
-        G_KK = G[cols][:, cols]
-        scale = G_KK.diagonal().sum() / k
-        if scale > 0:
-            lam = (ridge + 10 * torch.finfo(torch.float64).eps) * scale
-            rhs = error.to(G)[cols] @ W.T  # (k, out)
-            out = out + solve_psd(G_KK + lam * torch.eye(k, dtype=G.dtype, device=G.device), rhs).T
-    return out
 
 
 # --------------------------------------------------------------------------- attention maps

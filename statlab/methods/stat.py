@@ -14,7 +14,16 @@ import numpy as np
 
 from statlab.reference import budget as budget_lib
 
-from .base import ModuleStats, PruningMethod, Selection, SizeChoice, restricted_w_out, unit_columns, unit_energies
+from .base import (
+    ModuleStats,
+    PruningMethod,
+    Selection,
+    SizeChoice,
+    refit_output_map,
+    restricted_w_out,
+    unit_columns,
+    unit_energies,
+)
 
 
 def prune_module(module: ModuleStats, k: int, *, curve: bool = False, ridge: float | None = None):
@@ -79,14 +88,33 @@ class Stat(PruningMethod):
         The correction's relative ridge: ``ridge`` in every module (default),
         or chosen per module by generalised cross-validation on its own
         statistics (:func:`statlab.reference.gcv_ridge`; ``ridge`` is then unused).
+    dense_target : float in [0, 1]
+        What each correction reproduces, on the pruned model's inputs ``Z'``
+        (propagated statistics). 0 (default, the paper): the unpruned module's
+        output on those inputs, ``Z' Wᵀ``. 1: the dense model's output there,
+        ``Z Wᵀ``, which also undoes the error the layers below left. Between: the
+        target ``(1 − α) Z' Wᵀ + α Z Wᵀ``. The least squares is
+        ``W' = W Tᵀ + α ((G_KK + λ)⁻¹ E_K Wᵀ)ᵀ`` with ``E = Z'ᵀ(Z − Z')``, the
+        driver's dense-output moment (:func:`~statlab.methods.base.refit_output_map`;
+        computed in torch on either backend's Gram). The kept units are the ID's
+        either way; on the one-pass variant ``Z' = Z`` and the option changes nothing.
     """
 
     name = "stat"
     sizes_read_data = True  # the error curves of the dense pass
     propagates = True
 
-    def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed"):
+    def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed",
+                 dense_target=0.0):
         super().__init__(seed=seed, ridge=ridge)
+        if isinstance(dense_target, bool) or not isinstance(dense_target, (int, float)) \
+                or not 0.0 <= float(dense_target) <= 1.0:
+            raise ValueError(f"dense_target must be a number in [0, 1], got {dense_target!r}")
+        self.dense_target = float(dense_target)
+        if self.dense_target and not correction:
+            raise ValueError("dense_target weights the correction's target: it needs correction=True")
+        if self.dense_target:  # the dense model's activations beside the pruned ones (statlab.capture.DenseStream)
+            self.needs = self.needs | {"dense_outputs"}
         if sizes not in ("curves", "uniform"):
             raise ValueError(f"sizes must be 'curves' or 'uniform', got {sizes!r}")
         if ridge_rule not in ("fixed", "gcv"):
@@ -96,6 +124,7 @@ class Stat(PruningMethod):
         off = [word for word, on in (("no correction", self.correction), ("uniform sizes", sizes == "curves"),
                                      ("no layer weights", self.weighting)) if not on]
         off += ["gcv ridge"] if ridge_rule == "gcv" else []
+        off += [f"dense target {self.dense_target:g}"] if self.dense_target else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
@@ -111,11 +140,17 @@ class Stat(PruningMethod):
         return SizeChoice(dict(zip(keys, sizes)), dict(zip(keys, curves)), info)
 
     def select(self, module, k):
+        ridge = None  # the module's
         if self.correction and self.ridge_rule == "gcv" and 0 < k < module.units:
             order, _, _ = prune_module(module, module.units)  # the pivots once (kept in module.cache)
             cols = unit_columns(order[:k], module.unit_size)
             ridge = module.backend.gcv_ridge(module.stats, module.W_out, cols, module.rows)
-            kept, weight, _ = prune_module(module, k, ridge=ridge)
-            return Selection(kept, weight)
-        kept, weight, _ = prune_module(module, k)
-        return Selection(kept, weight if self.correction else restricted_w_out(module, kept))
+        kept, weight, _ = prune_module(module, k, ridge=ridge)
+        if not self.correction:
+            return Selection(kept, restricted_w_out(module, kept))
+        if self.dense_target and module.output_error is not None and 0 < k:
+            G = module.gram()  # (n, n) fp64, a torch Gram under either backend
+            error = self.dense_target * module.output_error.to(G.device)  # α Z'ᵀ(Z − Z')
+            weight = refit_output_map(module.W_out, G, unit_columns(kept, module.unit_size).to(G.device), error,
+                                      ridge=module.ridge if ridge is None else ridge)
+        return Selection(kept, weight)
