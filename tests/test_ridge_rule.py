@@ -113,5 +113,10 @@ def test_method_and_ridge_maps_the_word_gcv_to_stats_rule():
     assert method_and_ridge("stat", 0) == ("stat", 0.0)
     method, ridge = method_and_ridge("stat", " GCV ", seed=3)
     assert isinstance(method, Stat) and method.ridge_rule == "gcv" and method.seed == 3 and ridge == 0.0
-    with pytest.raises(ValueError, match="STAT's rule"):
+    with pytest.raises(ValueError, match="STAT's options"):
         method_and_ridge("slimllm", "gcv")  # no other method has the rule: never a silent fixed ridge
+    method, ridge = method_and_ridge("stat", "0.01", dense_target=0.5)
+    assert method.label == "stat (dense target 0.5)" and method.ridge_rule == "fixed" and ridge == method.ridge == 0.01
+    assert method_and_ridge("flap", 0, dense_target=0) == ("flap", 0.0)  # the default asks nothing of FLAP
+    with pytest.raises(ValueError, match="dense_target=1"):
+        method_and_ridge("flap", 0, dense_target=1)

@@ -27,19 +27,24 @@ def get_method(name: str, **options) -> PruningMethod:
     return METHODS[name](**options)
 
 
-def method_and_ridge(method: str, ridge, *, seed: int = 0) -> tuple[str | PruningMethod, float]:
+def method_and_ridge(method: str, ridge, *, seed: int = 0, **stat_options) -> tuple[str | PruningMethod, float]:
     """``statlab.prune``'s ``method`` and ``ridge`` from a method name and a ridge that may be ``"gcv"``.
 
     A number is the driver's fixed relative ridge, and the name goes through as
     it is. ``"gcv"`` is STAT's per-module choice by generalised cross-validation:
-    ``(Stat(seed=seed, ridge_rule="gcv"), 0.0)``. Only STAT has that rule, so
-    ``"gcv"`` with another method is an error rather than a silent fixed ridge.
+    ``(Stat(seed=seed, ridge_rule="gcv"), 0.0)``. ``stat_options`` (e.g.
+    ``dense_target=0.5``) configure :class:`Stat` the same way. Only STAT has
+    these: asked of another method they are an error, not silently dropped.
     """
-    if not (isinstance(ridge, str) and ridge.strip().lower() == "gcv"):
+    gcv = isinstance(ridge, str) and ridge.strip().lower() == "gcv"
+    stat_options = {name: value for name, value in stat_options.items() if value}  # 0 / False: STAT's default
+    if not gcv and not stat_options:
         return method, float(ridge)
     if method != "stat":
-        raise ValueError(f"--ridge gcv is STAT's rule (--method stat), not {method}'s: give a number")
-    return Stat(seed=seed, ridge_rule="gcv"), 0.0
+        asked = ["--ridge gcv"] * gcv + [f"{name}={value}" for name, value in stat_options.items()]
+        raise ValueError(f"{', '.join(asked)}: STAT's options (--method stat), not {method}'s")
+    fixed = 0.0 if gcv else float(ridge)  # an instance's ridge is its own: statlab.prune's is then unused
+    return Stat(seed=seed, ridge=fixed, ridge_rule="gcv" if gcv else "fixed", **stat_options), fixed
 
 
 __all__ = ["METHODS", "get_method", "method_and_ridge", "PruningMethod", "ModuleStats", "Selection", "SizeChoice", "keep_top", "unit_columns",
