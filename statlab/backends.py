@@ -87,6 +87,14 @@ class Backend(ABC):
         ``rows`` is the number of tokens behind ``data``.
         """
 
+    @abstractmethod
+    def centred(self, data, mean, rows: int):
+        """The same statistics of the centred activations ``Z − 1 μᵀ`` (``mean`` μ (n,), ``rows`` tokens).
+
+        A new object (the input is not changed): the Gram ``ZᵀZ − N μ μᵀ`` on
+        the fast backend, the matrix ``Z − μ`` on the reference.
+        """
+
 
 class FastBackend(Backend):
     """Grams on the model's device, :mod:`statlab.fast`."""
@@ -114,6 +122,11 @@ class FastBackend(Backend):
 
     def gcv_ridge(self, data, W_out, cols, rows):
         return fast.gcv_ridge_from_gram(data, W_out, cols, rows).ridge
+
+    def centred(self, data, mean, rows):
+        G = data.to(torch.float64)
+        mu = torch.as_tensor(mean, dtype=torch.float64, device=G.device)
+        return G - rows * torch.outer(mu, mu)  # (n, n), a new tensor
 
 
 class ReferenceBackend(Backend):
@@ -151,6 +164,9 @@ class ReferenceBackend(Backend):
     def gcv_ridge(self, data, W_out, cols, rows):
         with scipy_blas():
             return reference.gcv_ridge(data, _numpy(W_out), np.asarray(cols)).ridge
+
+    def centred(self, data, mean, rows):
+        return np.asarray(data, dtype=np.float64) - np.asarray(mean, dtype=np.float64)  # (N, n), a new array
 
 
 class MatrixRecorder:

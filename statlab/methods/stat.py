@@ -10,7 +10,10 @@ on Grams or :mod:`statlab.reference` on matrices).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import torch
 
 from statlab.reference import budget as budget_lib
 
@@ -47,6 +50,34 @@ def prune_module(module: ModuleStats, k: int, *, curve: bool = False, ridge: flo
         module.cache["order"] = r.idx
     residuals = None if r.residuals is None else r.residuals.cpu().numpy()
     return r.idx.tolist(), r.weight, residuals
+
+
+def centred(module: ModuleStats) -> ModuleStats:
+    """``module`` with the statistics of its centred activations ``Z − 1 μᵀ`` (kept in ``module.cache``).
+
+    The ID and the least squares on them fit the correction with an intercept
+    (``Stat(intercept=True)``); :func:`intercept_bias` folds it into the bias.
+    """
+    if "centred" not in module.cache:
+        stats = module.backend.centred(module.stats, module.mean, module.rows)
+        module.cache["centred"] = dataclasses.replace(module, stats=stats, cache={})
+    return module.cache["centred"]
+
+
+def intercept_bias(module: ModuleStats, kept, w_out: torch.Tensor) -> torch.Tensor:
+    """The output bias that goes with ``w_out (out, k · unit_size)`` on the kept units' columns: (out,) fp64.
+
+    ``b' = b + W μ − W' μ_K``: with ``Z ≈ 1 μᵀ + (Z_K − 1 μ_Kᵀ) Tᵀ`` (the ID of the
+    centred activations), ``Z Wᵀ + b ≈ Z_K W'ᵀ + b'`` for ``W' = W Tᵀ``. Without
+    a correction (``W' = W_K``) it is the dropped columns' mean contribution.
+    """
+    w_out = w_out.to(torch.float64)
+    W = module.W_out.detach().to(w_out)
+    mu = torch.as_tensor(module.mean, dtype=torch.float64).to(w_out.device)
+    b = torch.zeros(W.shape[0], dtype=torch.float64, device=w_out.device) if module.b_out is None \
+        else module.b_out.detach().to(w_out)
+    cols = unit_columns(kept, module.unit_size).to(w_out.device)
+    return b + W @ mu - w_out @ mu[cols]
 
 
 def layer_weights(modules: list, adapter) -> np.ndarray:
@@ -98,6 +129,12 @@ class Stat(PruningMethod):
         driver's dense-output moment (:func:`~statlab.methods.base.refit_output_map`;
         computed in torch on either backend's Gram). The kept units are the ID's
         either way; on the one-pass variant ``Z' = Z`` and the option changes nothing.
+    intercept : bool
+        Fit each correction with an intercept: the error curves, the ID and the
+        least squares on the centred activations :func:`centred`, and the
+        dropped units' mean contribution folded into the output map's bias
+        (:func:`intercept_bias`; a map without a bias gets one, recorded in the
+        plan). Not with ``dense_target``.
     """
 
     name = "stat"
@@ -105,14 +142,17 @@ class Stat(PruningMethod):
     propagates = True
 
     def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed",
-                 dense_target=0.0):
+                 dense_target=0.0, intercept=False):
         super().__init__(seed=seed, ridge=ridge)
+        self.intercept = bool(intercept)
         if isinstance(dense_target, bool) or not isinstance(dense_target, (int, float)) \
                 or not 0.0 <= float(dense_target) <= 1.0:
             raise ValueError(f"dense_target must be a number in [0, 1], got {dense_target!r}")
         self.dense_target = float(dense_target)
         if self.dense_target and not correction:
             raise ValueError("dense_target weights the correction's target: it needs correction=True")
+        if self.dense_target and self.intercept:
+            raise ValueError("dense_target and intercept are two targets for one correction: choose one")
         if self.dense_target:  # the dense model's activations beside the pruned ones (statlab.capture.DenseStream)
             self.needs = self.needs | {"dense_outputs"}
         if sizes not in ("curves", "uniform"):
@@ -125,10 +165,12 @@ class Stat(PruningMethod):
                                      ("no layer weights", self.weighting)) if not on]
         off += ["gcv ridge"] if ridge_rule == "gcv" else []
         off += [f"dense target {self.dense_target:g}"] if self.dense_target else []
+        off += ["intercept"] if self.intercept else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
         keys, stats = list(modules), list(modules.values())
+        stats = [centred(m) for m in stats] if self.intercept else stats
         cost_list = [costs[k] for k in keys]
         curves = [prune_module(m, m.units, curve=True)[2] for m in stats]
         if self.size_rule == "uniform":
@@ -141,13 +183,18 @@ class Stat(PruningMethod):
 
     def select(self, module, k):
         ridge = None  # the module's
+        source = centred(module) if self.intercept else module  # what the ID and the least squares see
         if self.correction and self.ridge_rule == "gcv" and 0 < k < module.units:
-            order, _, _ = prune_module(module, module.units)  # the pivots once (kept in module.cache)
+            order, _, _ = prune_module(source, module.units)  # the pivots once (kept in source.cache)
             cols = unit_columns(order[:k], module.unit_size)
-            ridge = module.backend.gcv_ridge(module.stats, module.W_out, cols, module.rows)
-        kept, weight, _ = prune_module(module, k, ridge=ridge)
+            ridge = module.backend.gcv_ridge(source.stats, module.W_out, cols, module.rows)
+        kept, weight, _ = prune_module(source, k, ridge=ridge)
         if not self.correction:
-            return Selection(kept, restricted_w_out(module, kept))
+            weight = restricted_w_out(module, kept)
+        if self.intercept:
+            return Selection(kept, weight, b_out=intercept_bias(module, kept, weight))
+        if not self.correction:
+            return Selection(kept, weight)
         if self.dense_target and module.output_error is not None and 0 < k:
             G = module.gram()  # (n, n) fp64, a torch Gram under either backend
             error = self.dense_target * module.output_error.to(G.device)  # α Z'ᵀ(Z − Z')
