@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--ridges", default="0", help="relative ridges of STAT's corrections, or gcv")
     parser.add_argument("--dense-targets", default="0",
                         help="STAT's dense_target values: the weight of the dense model's outputs in each correction's target")
+    parser.add_argument("--intercepts", default="0", help="STAT's intercept settings to run: 0, 1 or 0,1")
     parser.add_argument("--half", default="report", choices=["tune", "report"])
     parser.add_argument("--model", default="minilm")
     args = parser.parse_args()
@@ -51,9 +52,10 @@ def main() -> None:
         for size in map(int, args.sizes.split(",")):
             batches, calib = calibration_batches(tokenizer, "stsb", size=size, source=source)
             for method in args.methods.split(","):
-                stat_grid = [(r, float(t)) for r in args.ridges.split(",") for t in args.dense_targets.split(",")]
-                for ridge, target in stat_grid if method == "stat" else [("0", 0.0)]:
-                    chosen, fixed = method_and_ridge(method, ridge, dense_target=target)
+                stat_grid = [(r, float(t), bool(int(c))) for r in args.ridges.split(",") for t in args.dense_targets.split(",")
+                             for c in args.intercepts.split(",")]
+                for ridge, target, intercept in stat_grid if method == "stat" else [("0", 0.0, False)]:
+                    chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept)
                     ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
                     for budget in map(float, args.budgets.split(",")):
                         model = copy.deepcopy(dense)
@@ -63,7 +65,7 @@ def main() -> None:
                                              base=args.model)
                         seconds = time.perf_counter() - start
                         row = {"method": method, "budget": budget, "source": source, "calibration_size": size,
-                               "calibration_tokens": calib["tokens"], "ridge": ridge, "dense_target": target,
+                               "calibration_tokens": calib["tokens"], "ridge": ridge, "dense_target": target, "intercept": intercept,
                                "metrics": stsb_spearman(model, tokenizer, half=args.half, disable_progress=True),
                                "macs": block_macs(model, EVAL_SEQ_LEN), "dense_macs": block_macs(dense, EVAL_SEQ_LEN),
                                "kept": plan.kept_fraction(), "prune_seconds": round(seconds, 1)}

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--ridges", default="0", help="relative ridges of STAT's corrections, or gcv")
     parser.add_argument("--dense-targets", default="0",
                         help="STAT's dense_target values: the weight of the dense model's outputs in each correction's target")
+    parser.add_argument("--intercepts", default="0", help="STAT's intercept settings to run: 0, 1 or 0,1")
     parser.add_argument("--eval", default="test", choices=["test", "validation"],
                         help="test windows, or validation windows calibration did not draw")
     parser.add_argument("--plot", help="save a perplexity-vs-sparsity plot here")
@@ -67,16 +68,18 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        stat_grid = [(r, float(t)) for r in args.ridges.split(",") for t in args.dense_targets.split(",")]
-        for ridge, target in stat_grid if method == "stat" else [("0", 0.0)]:
-            chosen, fixed = method_and_ridge(method, ridge, dense_target=target)
+        stat_grid = [(r, float(t), bool(int(c))) for r in args.ridges.split(",") for t in args.dense_targets.split(",")
+                     for c in args.intercepts.split(",")]
+        for ridge, target, intercept in stat_grid if method == "stat" else [("0", 0.0, False)]:
+            chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept)
             ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
             for sparsity in map(float, args.sparsities.split(",")):
                 model = copy.deepcopy(dense)
                 start = time.perf_counter()
                 plan = statlab.prune(model, batches, sparsity=sparsity, method=chosen, seq_len=args.window,
                                      ridge=fixed, base=args.model)
-                row = {"method": method, "ridge": ridge, "dense_target": target, "sparsity": sparsity,
+                row = {"method": method, "ridge": ridge, "dense_target": target, "intercept": intercept,
+                       "sparsity": sparsity,
                        "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
                        **evaluate(model)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -100,14 +103,14 @@ def plot(document, path):
     dense = next(r for r in document["results"] if r["method"] == "dense")
     ax.axhline(dense["perplexity"], color="gray", ls="--", label=f"dense {dense['perplexity']:.1f}")
     def run(r):
-        return r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0)
+        return r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0), r.get("intercept", False)
 
     runs = dict.fromkeys(run(r) for r in document["results"] if r["method"] != "dense")
-    for method, ridge, target in runs:
-        rows = [r for r in document["results"] if run(r) == (method, ridge, target)]
-        alone = len({m for m, _, _ in runs if m == method}) == 1
-        label = method if alone and ridge in (0, 0.0) and not target else \
-            f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "")
+    for method, ridge, target, intercept in runs:
+        rows = [r for r in document["results"] if run(r) == (method, ridge, target, intercept)]
+        alone = len({key[0] for key in runs if key[0] == method}) == 1
+        label = method if alone and ridge in (0, 0.0) and not target and not intercept else \
+            f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "") + (" intercept" * intercept)
         ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")
