@@ -188,7 +188,7 @@ class Stat(PruningMethod):
             order, _, _ = prune_module(source, module.units)  # the pivots once (kept in source.cache)
             cols = unit_columns(order[:k], module.unit_size)
             ridge = module.backend.gcv_ridge(source.stats, module.W_out, cols, module.rows)
-        kept, weight, _ = prune_module(source, k, ridge=ridge)
+        kept, weight, _ = prune_module(source, k) if ridge is None else prune_module(source, k, ridge=ridge)
         if not self.correction:
             weight = restricted_w_out(module, kept)
         if self.intercept:
