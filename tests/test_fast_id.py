@@ -214,16 +214,37 @@ def test_numpy_input_is_refused_with_a_pointer():
 
 
 def test_device_loop_matches_lapack():
-    """The GPU's pivoted Cholesky loop, run on the CPU, against LAPACK dpstrf."""
+    """The GPU's pivoted Cholesky loop, run on the CPU, against LAPACK dpstrf: order, pivots and factor."""
     rng = np.random.default_rng(6)
     Z = rng.standard_normal((200, 40)) * 1.3 ** -np.arange(40)
     G = torch.as_tensor(Z.T @ Z)
     tol = default_tolerance(G)
-    perm_loop, piv_loop, removed_loop = _pivoted_cholesky_loop(G, tol)
-    perm_lapack, piv_lapack, removed_lapack = _pivoted_cholesky_lapack(G, tol)
-    torch.testing.assert_close(perm_loop, perm_lapack)
-    torch.testing.assert_close(piv_loop, piv_lapack, rtol=1e-8, atol=1e-12)
-    torch.testing.assert_close(removed_loop, removed_lapack, rtol=1e-8, atol=1e-12)
+    loop, lapack = _pivoted_cholesky_loop(G, tol), _pivoted_cholesky_lapack(G, tol)
+    torch.testing.assert_close(loop.perm, lapack.perm)
+    torch.testing.assert_close(loop.pivots, lapack.pivots, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(loop.removed, lapack.removed, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(loop.factor, lapack.factor, rtol=1e-7, atol=1e-10)
+    assert loop.full_rank and lapack.full_rank
+
+
+@pytest.mark.parametrize("route", ["lapack", "loop"])
+def test_pivoted_factor_reproduces_the_permuted_gram(route):
+    """``G[P, P] = L Lᵀ`` with ``L`` lower trapezoidal; a rank-deficient Gram's factor stops at its rank."""
+    from statlab.fast.cholesky import pivoted_cholesky_factor
+
+    rng = np.random.default_rng(7)
+    for N, n in ((300, 30), (12, 30)):  # full rank; rank 12
+        Z = rng.standard_normal((N, n))
+        G = torch.as_tensor(Z.T @ Z)
+        result = pivoted_cholesky_factor(G) if route == "lapack" else _pivoted_cholesky_loop(G, default_tolerance(G))
+        L, P = result.factor, result.perm
+        assert torch.equal(L, L.tril())
+        torch.testing.assert_close(L @ L.T, G[P][:, P], rtol=1e-10, atol=1e-9 * float(G.diagonal().max()))
+        assert result.full_rank == (N >= n)
+        assert int((result.pivots > 0).sum()) == min(N, n)
+    before = G.clone()
+    pivoted_cholesky_factor(G)  # overwrite=False leaves the caller's Gram alone
+    assert torch.equal(G, before)
 
 
 @settings(max_examples=60, deadline=None)
@@ -296,3 +317,34 @@ def test_device_loop_never_syncs_with_the_host():
     with CountSyncs():
         _pivoted_cholesky_loop(G, 1e-12)
     assert CountSyncs.syncs == 0
+
+
+@pytest.mark.parametrize("N", [400, 25])  # full rank: the factor route; rank 25 < 40: the Gram route
+def test_mlp_correction_and_curve_from_the_pivots_factor(N):
+    """prune_mlp_from_gram reads its correction and curve off the pivots' factor when the Gram has full
+    rank: equal, to rounding, to solving the normal equations and factorising the permuted Gram again,
+    and to the reference's QR on the activations."""
+    from statlab import reference
+    from statlab.fast.id import interpolation_coefficients
+    from statlab.fast.mlp import output_residuals_from_gram, prune_mlp_from_gram
+
+    rng = np.random.default_rng(8)
+    n = 40
+    Z = rng.standard_normal((N, 16)) @ rng.standard_normal((16, n)) + 0.3 * rng.standard_normal((N, n))
+    W = rng.standard_normal((12, n)) * rng.uniform(0.2, 2.0, n)
+    G, Wt = torch.as_tensor(Z.T @ Z), torch.as_tensor(W)
+    for k in (1, 13, 39):
+        fast = prune_mlp_from_gram(G, Wt, k)
+        normal = Wt @ interpolation_coefficients(G, fast.idx).T
+        curve = output_residuals_from_gram(G, Wt, prune_mlp_from_gram(G, Wt, n).idx)
+        torch.testing.assert_close(fast.residuals, curve, rtol=1e-9, atol=1e-12)
+        if N >= n:
+            torch.testing.assert_close(fast.weight, normal, rtol=1e-8, atol=1e-10)
+            ref = reference.prune_mlp(Z, W, k)
+            np.testing.assert_array_equal(fast.idx.numpy(), ref.idx)
+            np.testing.assert_allclose(fast.weight.numpy(), ref.weight, rtol=1e-7, atol=1e-9)
+            np.testing.assert_allclose(fast.residuals.numpy(), ref.residuals, rtol=1e-7, atol=1e-9)
+        else:
+            assert torch.equal(fast.weight, normal)  # the Gram route itself
+        ridged = prune_mlp_from_gram(G, Wt, k, ridge=0.1)  # a ridge: the normal equations, as before
+        assert torch.equal(ridged.weight, Wt @ interpolation_coefficients(G, ridged.idx, ridge=0.1).T)

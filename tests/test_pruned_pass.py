@@ -198,7 +198,10 @@ def test_a_given_order_gives_the_same_pruning(backend):
         full = prune(data, *args, 24 if len(args) == 1 else 6, curve=True)
         for k in (0, 2, 5):
             fresh, reused = prune(data, *args, k), prune(data, *args, k, order=full.idx)
-            assert torch.equal(fresh.idx, reused.idx) and torch.equal(fresh.weight, reused.weight)
+            assert torch.equal(fresh.idx, reused.idx)
+            # the fast MLP's fresh correction comes from the pivots' factor, a given order's from the
+            # normal equations: equal to rounding (exactly equal on the other paths)
+            torch.testing.assert_close(fresh.weight, reused.weight, rtol=1e-10, atol=1e-12)
         with pytest.raises(ValueError, match="permutation"):
             prune(data, *args, 2, order=full.idx[:-1])
 
@@ -212,7 +215,7 @@ def test_one_pass_factorises_each_module_once(backend, monkeypatch):
 
     calls = []
     if backend == "fast":
-        spies = [(statlab.fast.mlp, "weighted_pivots"), (statlab.fast.heads, "unit_order")]
+        spies = [(statlab.fast.mlp, "weighted_factor"), (statlab.fast.heads, "unit_order")]
     else:
         spies = [(statlab.reference.mlp, "interpolative_decomposition"), (statlab.reference.heads, "unit_order")]
     for module, name in spies:
@@ -234,5 +237,5 @@ def test_one_pass_factorises_each_module_once(backend, monkeypatch):
     monkeypatch.setattr(stat_module, "prune_module", without_cache)
     again = statlab.prune(tiny_bert(), batches(), mac_fraction=0.5, propagate=False, backend=backend, base="tiny")
     assert once.layers == again.layers
-    for key in once.tensors:
-        assert torch.equal(once.tensors[key], again.tensors[key]), key
+    for key in once.tensors:  # a fresh fast MLP correction reads the pivots' factor: equal to rounding
+        torch.testing.assert_close(once.tensors[key], again.tensors[key], rtol=1e-9, atol=1e-10, msg=key)

@@ -26,7 +26,7 @@ import torch
 
 from statlab.reference import id as reference_id
 
-from .cholesky import pivoted_cholesky
+from .cholesky import PivotedCholesky, pivoted_cholesky_factor
 from .gram import check_matrix, gram_matrix
 from .sketch import SketchAccumulator, as_generator, deprecated_generator
 
@@ -184,13 +184,27 @@ def weighted_pivots(G: torch.Tensor, weights: torch.Tensor | None = None):
     Returns ``(perm (n,), pivots (n,), removed (n,), trace(D G D))``; see
     :func:`statlab.fast.cholesky.pivoted_cholesky`.
     """
+    diagonal = G.diagonal().to(torch.float64)
+    if weights is not None:
+        w = _check_weights(weights, G.shape[0]).to(diagonal)
+        diagonal = diagonal * w * w  # the diagonal of D G D, rounded as the scaled copy's
+    total = diagonal.sum()
+    result = weighted_factor(G, weights)
+    return result.perm.to(G.device), result.pivots.to(G.device), result.removed.to(G.device), total
+
+
+def weighted_factor(G: torch.Tensor, weights: torch.Tensor | None = None) -> PivotedCholesky:
+    """The :class:`~statlab.fast.cholesky.PivotedCholesky` of ``D G D`` (``D = diag(weights)``), factor included.
+
+    ``D G D`` is one scratch copy of ``G`` (scaled in place), which LAPACK then
+    factorises in place: the factor costs no further ``(n, n)`` buffer.
+    """
     scaled = G.to(torch.float64)
     if weights is not None:
         w = _check_weights(weights, G.shape[0]).to(scaled)
         scaled = scaled * w[:, None]  # a new (n, n) tensor, scaled by columns in place: one copy of G, not two
         scaled.mul_(w[None, :])
-    perm, pivots, removed = (x.to(G.device) for x in pivoted_cholesky(scaled))
-    return perm, pivots, removed, scaled.diagonal().sum()
+    return pivoted_cholesky_factor(scaled, overwrite=weights is not None)
 
 
 def interpolation_coefficients(G: torch.Tensor, idx: torch.Tensor, *, ridge: float = 0.0, eps: float | None = None):
