@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from statlab.calibration import GLUE_TASKS  # tasks of fine-tuned task models (re-exported)
+from statlab.inputs import check_int
 
 DATA_DIR_ENV = "STATLAB_DATA_DIR"
 
@@ -307,8 +309,76 @@ def task_calibration_batches(tokenizer, task: str, n: int, *, seed: int = 0, lab
     return batches
 
 
+@dataclass(frozen=True)
+class LabelledExamples:
+    """Examples of a GLUE task with their gold labels.
+
+    Attributes
+    ----------
+    texts : list of tuple of str, length S
+        As the model reads them (:func:`task_texts`).
+    labels : ndarray, shape (S,)
+        Class indices of the dataset (int64), or STS-B scores (float64).
+    """
+
+    texts: list
+    labels: np.ndarray
+
+
+def held_out_examples(task: str, n: int, *, calibration_sizes=(512,), seed: int = 0) -> LabelledExamples:
+    """``n`` labelled training examples outside every calibration draw: a split to measure on, not report.
+
+    The pool is the one :func:`task_calibration_examples` draws from (distinct
+    texts, none shared with the dev set). Every draw of ``calibration_sizes``
+    examples under ``seed`` is removed from it, and ``n`` of the rest are
+    drawn under ``seed + 1``. A fine-tuned task model has trained on its
+    training split, so its accuracy here is a training accuracy: read it for
+    agreement with the dense model, not as a score.
+
+    Parameters
+    ----------
+    task : str
+        One of :data:`GLUE_TASKS`.
+    n : int
+        ``1 <= n <=`` what the draws leave.
+    calibration_sizes : sequence of int
+        The calibration sizes whose draws are excluded (each ``task_calibration_examples(task, size, seed=seed)``).
+    seed : int
+
+    Returns
+    -------
+    LabelledExamples
+        In drawn order.
+    """
+    pool = _task_pool(task)
+    taken = set()
+    for size in calibration_sizes:
+        taken.update(_draw(len(pool), check_int("calibration size", size, minimum=1), seed, task).tolist())
+    rest = np.setdiff1d(np.arange(len(pool)), np.fromiter(taken, dtype=np.int64, count=len(taken)))
+    if not 1 <= n <= len(rest):
+        raise ValueError(f"n={n} held-out examples requested from {task} train, which has {len(rest)} outside the "
+                         f"calibration draws of {list(calibration_sizes)}; ask for between 1 and {len(rest)}.")
+    picks = rest[np.random.default_rng(seed + 1).choice(len(rest), size=n, replace=False)]
+    dtype = np.float64 if task == "stsb" else np.int64
+    return LabelledExamples([pool[i][0] for i in picks], np.array([pool[i][1] for i in picks], dtype=dtype))
+
+
 def _task_sample(task: str, n: int, seed: int) -> list[tuple[tuple[str, ...], float]]:
     """``n`` ``(texts, label)`` drawn from ``task``'s training pool (distinct texts, none in dev)."""
+    pool = _task_pool(task)
+    return [pool[i] for i in _draw(len(pool), n, seed, task)]
+
+
+def _draw(size: int, n: int, seed: int, task: str) -> np.ndarray:
+    """The indices (n,) of a calibration draw of ``n`` from a pool of ``size``."""
+    if not 1 <= n <= size:
+        raise ValueError(f"n={n} calibration examples requested from {task} train, which has {size} "
+                         f"usable examples; ask for between 1 and {size}.")
+    return np.random.default_rng(seed).choice(size, size=n, replace=False)
+
+
+def _task_pool(task: str) -> list[tuple[tuple[str, ...], float]]:
+    """Every ``(texts, label)`` of ``task``'s training split with distinct, non-empty texts, none in dev."""
     if task not in GLUE_TASKS:
         raise ValueError(f"task {task!r} has no training examples to calibrate on; GLUE tasks: "
                          f"{', '.join(GLUE_TASKS)}")
@@ -317,13 +387,8 @@ def _task_sample(task: str, n: int, seed: int) -> list[tuple[tuple[str, ...], fl
     train = load_task(task, "train")
     labelled = zip((tuple(text.strip() for text in example) for example in task_texts(train, task)),
                    train["label"][:])
-    pool = list({example: label for example, label in labelled
+    return list({example: label for example, label in labelled
                  if all(example) and not evaluated.intersection(example)}.items())
-    if not 1 <= n <= len(pool):
-        raise ValueError(f"n={n} calibration examples requested from {task} train, which has {len(pool)} "
-                         f"usable examples; ask for between 1 and {len(pool)}.")
-    picks = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
-    return [pool[i] for i in picks]
 
 
 def tokenize_batches(

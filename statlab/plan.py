@@ -25,7 +25,7 @@ import torch
 from .files import TEMP_PREFIX, atomic_write, remove_stale_temporaries
 from .models import get_adapter
 from .offload import named_weights, resident
-from .records import LayerRecord
+from .records import LayerRecord, ModuleKey
 from .surgery import keep_rows, set_bias, set_input_weight, unit_rows
 
 FORMAT_VERSION = 2  # 2: plan.json records the weights file's SHA-256; 1 (no hash) still loads
@@ -197,6 +197,11 @@ class PruningPlan:
     def records(self) -> list:
         """``layers`` as frozen :class:`~statlab.records.LayerRecord` values (read-only view)."""
         return [LayerRecord.from_json(layer) for layer in self.layers]
+
+    def module_sizes(self) -> dict:
+        """Kept units of every module: ``{ModuleKey(layer, kind): count}``, bottom-up (``Stat(sizes=...)`` takes it)."""
+        return {ModuleKey(int(layer["index"]), kind): len(layer[part])
+                for layer in self.layers for kind, part in (("attention", "attn_kept"), ("mlp", "mlp_kept"))}
 
     def kept_fraction(self) -> dict:
         heads = sum(len(l["attn_kept"]) for l in self.layers) / sum(l["attn_units"] for l in self.layers)

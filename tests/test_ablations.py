@@ -105,3 +105,33 @@ def test_no_layer_weights_is_one_threshold_on_the_raw_curves(family):
 def test_bad_size_rule_is_a_clear_error():
     with pytest.raises(ValueError, match="sizes must be"):
         Stat(sizes="equal")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_given_sizes_are_another_plans_allocation_with_stats_selection(family):
+    """STAT at another method's sizes: those sizes exactly, STAT's own kept units for them, its correction."""
+    _, _, peer = run(family, "activation")
+    sizes = peer.module_sizes()
+    assert list(sizes.values()) == sizes_of(peer)
+    dense, model, plan = run(family, Stat(sizes=sizes))
+    assert plan.meta["method"] == "stat (given sizes)" and plan.meta["sizes"] == "given"
+    assert sizes_of(plan) == sizes_of(peer)
+    assert plan.meta["kept_cost"] <= 0.5 * plan.meta["dense_cost"] * (1 + 1e-9)
+    _, plain, _ = run(family, Stat(sizes=sizes, correction=False))
+    assert held_out_error(family, dense, model) < held_out_error(family, dense, plain)
+    # kept units differ from the peer's somewhere: STAT chose them, not the peer
+    assert any(a["mlp_kept"] != b["mlp_kept"] for a, b in zip(plan.layers, peer.layers))
+
+
+def test_given_sizes_are_checked_against_the_model_and_the_budget():
+    _, _, peer = run("bert", "activation")
+    sizes = peer.module_sizes()
+    first = next(iter(sizes))
+    with pytest.raises(ValueError, match="above the budget"):
+        run("bert", Stat(sizes=sizes), fraction=0.4)
+    with pytest.raises(ValueError, match="is not given"):
+        run("bert", Stat(sizes={k: v for k, v in sizes.items() if k != first}))
+    with pytest.raises(ValueError, match="units"):
+        run("bert", Stat(sizes={**sizes, first: 10_000}))
+    with pytest.raises(ValueError, match="size of"):
+        Stat(sizes={first: -1})

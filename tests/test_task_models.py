@@ -179,6 +179,35 @@ def test_task_calibration_examples_are_pairs_from_train_never_dev(tokenizer):
 
 
 @needs_data
+def test_held_out_examples_miss_every_calibration_draw_and_dev(tokenizer):
+    held = data.held_out_examples("mrpc", 300, calibration_sizes=(64, 256), seed=3)
+    assert len(held.texts) == 300 == len(set(held.texts)) == len(held.labels)
+    assert held.labels.dtype == np.int64 and set(held.labels.tolist()) <= {0, 1}
+    calibration = set(data.task_calibration_examples("mrpc", 64, seed=3))
+    calibration |= set(data.task_calibration_examples("mrpc", 256, seed=3))
+    assert not calibration.intersection(held.texts)
+    dev = {t for e in data.task_texts(data.load_task("mrpc", "validation"), "mrpc") for t in e}
+    assert not dev.intersection(t for e in held.texts for t in e)
+    # each text keeps its own gold label (looked up in the training split directly)
+    train = data.load_task("mrpc", "train")
+    gold = {tuple(t.strip() for t in e): y for e, y in zip(data.task_texts(train, "mrpc"), train["label"][:])}
+    assert [gold[e] for e in held.texts] == held.labels.tolist()
+    again = data.held_out_examples("mrpc", 300, calibration_sizes=(64, 256), seed=3)
+    assert again.texts == held.texts
+    with pytest.raises(ValueError, match="outside the calibration draws"):
+        data.held_out_examples("mrpc", 10**6)
+
+
+def test_head_logits_follow_the_order_of_the_texts(tokenizer):
+    model = sentiment_classifier()
+    texts = [("a fine film",), ("bad",), ("an entirely forgettable, long and tedious evening",)]
+    logits = heads.head_logits(model, tokenizer, texts, batch_size=2, disable_progress=True)
+    one = [heads.head_logits(model, tokenizer, [t], disable_progress=True)[0] for t in texts]
+    assert logits.shape == (3, model.config.num_labels) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, torch.stack(one), rtol=1e-5, atol=1e-5)
+
+
+@needs_data
 def test_finetune_writes_a_task_model_that_loads_scores_and_is_reproducible(tmp_path, tokenizer):
     from statlab.finetune import FINETUNE_FILE, finetune, read_record
 

@@ -159,7 +159,8 @@ def head_metrics(model, tokenizer, task: str, *, limit: int | None = None, batch
     else:
         order, how = label_map(model.config, task)
     rows = _spread_rows(data.load_task(task, "validation"), limit)
-    logits = _head_logits(model, tokenizer, data.task_texts(rows, task), batch_size, max_length, disable_progress)
+    logits = head_logits(model, tokenizer, data.task_texts(rows, task), batch_size=batch_size, max_length=max_length,
+                         disable_progress=disable_progress)
     gold = np.asarray(rows["label"][:])  # (S,)
     if order is None:
         predicted = logits[:, 0].numpy()  # (S,) regression scores
@@ -168,8 +169,14 @@ def head_metrics(model, tokenizer, task: str, *, limit: int | None = None, batch
     return {**glue_scores(predicted, gold, task), "scored_by": "head", "label_map": how}
 
 
-def _head_logits(model, tokenizer, texts, batch_size, max_length, disable_progress) -> torch.Tensor:
-    """Logits ``(S, C)`` in fp32 on the CPU, examples batched by length to cut padding."""
+def head_logits(model, tokenizer, texts, *, batch_size: int = 64, max_length: int = 128,
+                disable_progress: bool | None = None) -> torch.Tensor:
+    """The head's logits on ``texts``: ``(S, C)`` fp32 on the CPU, in the order of ``texts``.
+
+    ``texts``: tuples of str as the model reads them (:func:`statlab.data.task_texts`),
+    batched by length to cut padding. The columns are the model's own classes;
+    :func:`label_map` orders them as the dataset's.
+    """
     batches, order = data.length_sorted_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
     parts = []
     with _eval_mode(model), torch.inference_mode():

@@ -11,10 +11,13 @@ on Grams or :mod:`statlab.reference` on matrices).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
+from statlab.inputs import check_int
+from statlab.records import ModuleKey
 from statlab.reference import budget as budget_lib
 
 from .base import (
@@ -109,9 +112,13 @@ class Stat(PruningMethod):
     correction : bool
         Fold the least-squares correction into ``W_out`` (default). False keeps
         the ID's units with ``W_out`` restricted to them, as the baselines do.
-    sizes : {"curves", "uniform"}
+    sizes : {"curves", "uniform"} or mapping of ModuleKey to int
         Sizes from the weighted error curves and one threshold (default), or the
-        same kept fraction in every module (:func:`~statlab.reference.budget.uniform_sizes`).
+        same kept fraction in every module (:func:`~statlab.reference.budget.uniform_sizes`),
+        or given: kept units per module, e.g. another method's allocation
+        (:meth:`statlab.plan.PruningPlan.module_sizes`), so that STAT's selection and
+        correction can be compared with that method's at the same sizes. Given
+        sizes must name every module and keep at most the budget's cost.
     weighting : bool
         Weight each module's error curve by its layer (:func:`layer_weights`,
         default) or weigh all modules alike.
@@ -155,20 +162,29 @@ class Stat(PruningMethod):
             raise ValueError("dense_target and intercept are two targets for one correction: choose one")
         if self.dense_target:  # the dense model's activations beside the pruned ones (statlab.capture.DenseStream)
             self.needs = self.needs | {"dense_outputs"}
-        if sizes not in ("curves", "uniform"):
-            raise ValueError(f"sizes must be 'curves' or 'uniform', got {sizes!r}")
+        self.given = None
+        if isinstance(sizes, Mapping):
+            self.given = {ModuleKey(*key): check_int(f"size of {key}", size, minimum=0) for key, size in sizes.items()}
+            self.sizes_read_data = False  # no dense pass: nothing to read off it
+            sizes = "given"
+        elif sizes not in ("curves", "uniform"):
+            raise ValueError(f"sizes must be 'curves', 'uniform' or a mapping of ModuleKey to kept units, "
+                             f"got {sizes!r}")
         if ridge_rule not in ("fixed", "gcv"):
             raise ValueError(f"ridge_rule must be 'fixed' or 'gcv', got {ridge_rule!r}")
         self.correction, self.size_rule, self.weighting = bool(correction), sizes, bool(weighting)
         self.ridge_rule = ridge_rule
-        off = [word for word, on in (("no correction", self.correction), ("uniform sizes", sizes == "curves"),
-                                     ("no layer weights", self.weighting)) if not on]
+        off = [word for word, on in (("no correction", self.correction), ("uniform sizes", sizes != "uniform"),
+                                     ("given sizes", sizes != "given"), ("no layer weights", self.weighting))
+               if not on]
         off += ["gcv ridge"] if ridge_rule == "gcv" else []
         off += [f"dense target {self.dense_target:g}"] if self.dense_target else []
         off += ["intercept"] if self.intercept else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
+        if self.given is not None:
+            return self._given_sizes(costs, fraction)
         keys, stats = list(modules), list(modules.values())
         stats = [centred(m) for m in stats] if self.intercept else stats
         cost_list = [costs[k] for k in keys]
@@ -180,6 +196,20 @@ class Stat(PruningMethod):
             sizes, tau = budget_lib.choose_sizes(curves, cost_list, weights, fraction)
             info = {"threshold": tau}
         return SizeChoice(dict(zip(keys, sizes)), dict(zip(keys, curves)), info)
+
+    def _given_sizes(self, costs, fraction):
+        """The given sizes, checked against the modules and the budget."""
+        problems = [f"no module {k}" for k in self.given if k not in costs]
+        problems += [f"{k} is not given" for k in costs if k not in self.given]
+        problems += [f"{k}: {self.given[k]} of {c.units} units" for k, c in costs.items()
+                     if self.given.get(k, 0) > c.units]
+        if problems:
+            raise ValueError(f"given sizes do not fit this model: {'; '.join(problems[:4])}")
+        kept = budget_lib.total_cost([self.given[k] for k in costs], list(costs.values()))
+        dense = budget_lib.total_cost([c.units for c in costs.values()], list(costs.values()))
+        if kept > fraction * dense * (1 + 1e-9):
+            raise ValueError(f"given sizes keep {kept / dense:.4f} of the cost, above the budget's {fraction:.4f}")
+        return SizeChoice(dict(self.given), None, {"sizes": "given"})
 
     def select(self, module, k):
         ridge = None  # the module's
