@@ -8,7 +8,7 @@ prunes the cached task model with
 - ``stat @ kwon sizes`` and ``stat @ goa sizes``: STAT's selection and correction at
   the peer's per-module sizes (``Stat(sizes=plan.module_sizes())``), which separates
   the allocation from what is done within each module,
-- ``stat, 2048 calibration`` (4x the calibration tokens per unit), ``stat (intercept)``
+- ``stat (2048 examples)`` (4x the calibration tokens per unit), ``stat (intercept)``
   and ``stat (gcv ridge)``: the correction's data and fit,
 
 and scores each by its own head on two sets:
@@ -33,6 +33,7 @@ import argparse
 import copy
 import json
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -52,23 +53,39 @@ from statlab.models.loading import load_model
 from statlab.records import ModuleKey
 
 PEERS = ("kwon", "goa")
-CONFIGS = ("stat", *PEERS, *(f"stat @ {p} sizes" for p in PEERS), "stat, 2048 calibration", "stat (intercept)",
+CONFIGS = ("stat", *PEERS, *(f"stat @ {p} sizes" for p in PEERS), "stat (2048 examples)", "stat (intercept)",
            "stat (gcv ridge)")
 LARGE_CALIBRATION = 2048
 
 
 def method_of(config: str, peer_sizes: dict):
-    """The method (name or configured ``Stat``) of one configuration; ``peer_sizes`` maps a peer to its sizes."""
-    if config in ("stat", "stat, 2048 calibration", *PEERS):
-        return "stat" if config.startswith("stat") else config
+    """The method (name or configured ``Stat``) of one configuration; ``peer_sizes`` maps a peer to its sizes.
+
+    ``stat``; a peer's name; ``stat @ PEER sizes``; ``stat (intercept)``, ``stat (gcv ridge)``,
+    ``stat (ridge X)``; ``stat (N examples)`` / ``stat (N windows)`` (STAT on another
+    calibration size: :func:`calibration_size_of`).
+    """
+    if config == "stat" or re.fullmatch(r"stat \(\d+ (examples|windows)\)", config):
+        return "stat"
     if config == "stat (intercept)":
         return Stat(intercept=True)
     if config == "stat (gcv ridge)":
         return Stat(ridge_rule="gcv")
-    peer = config.removeprefix("stat @ ").removesuffix(" sizes")
-    if peer not in peer_sizes:
-        raise ValueError(f"{config!r} needs {peer!r} run first at this budget (list it before)")
-    return Stat(sizes=peer_sizes[peer])
+    if ridge := re.fullmatch(r"stat \(ridge ([0-9.e-]+)\)", config):
+        return Stat(ridge=float(ridge.group(1)))
+    if peer := re.fullmatch(r"stat @ (\w+) sizes", config):
+        if peer.group(1) not in peer_sizes:
+            raise ValueError(f"{config!r} needs {peer.group(1)!r} run first at this budget (list it before)")
+        return Stat(sizes=peer_sizes[peer.group(1)])
+    if config.startswith("stat"):
+        raise ValueError(f"unknown configuration {config!r}")
+    return config
+
+
+def calibration_size_of(config: str, default: int) -> int:
+    """``N`` of ``stat (N examples)`` / ``stat (N windows)``, else ``default``."""
+    size = re.fullmatch(r"stat \((\d+) (examples|windows)\)", config)
+    return int(size.group(1)) if size else default
 
 
 def scores(logits: torch.Tensor, gold: np.ndarray, order: np.ndarray, dense_logits: torch.Tensor, task: str) -> dict:
@@ -138,7 +155,7 @@ def main() -> None:
                     predictions[config] = np.asarray(saved["dev_predicted"])
                     continue
                 model = copy.deepcopy(dense)
-                size = LARGE_CALIBRATION if "2048" in config else args.calibration_size
+                size = calibration_size_of(config, args.calibration_size)
                 start = time.perf_counter()
                 plan = statlab.prune(model, calibration[size][0], mac_fraction=budget,
                                      method=method_of(config, peer_sizes), seed=args.seed, seq_len=seq_len,

@@ -45,7 +45,7 @@ def main() -> None:
     import statlab
     from statlab.calibration import calibration_batches
     from statlab.costs import block_macs
-    from statlab.data import token_windows
+    from statlab.data import held_out_windows, token_windows
     from statlab.evaluate import count_parameters, perplexity
     from statlab.methods import method_and_ridge
     from statlab.models.loading import load_model
@@ -54,10 +54,7 @@ def main() -> None:
     dense, tokenizer = load_model(args.model)
     batches, calib = calibration_batches(tokenizer, "wikitext2", size=args.windows, window=args.window)
     if args.eval == "validation":
-        drawn = torch.cat([b["input_ids"] for b in batches])  # (windows, window)
-        windows = token_windows(tokenizer, "validation", window=args.window)
-        unseen = ~(windows[:, None, :] == drawn[None]).all(dim=-1).any(dim=1)
-        test = windows[unseen][: max(args.max_tokens // args.window, 1)]
+        test = held_out_windows(tokenizer, batches, window=args.window, max_tokens=args.max_tokens)
     else:
         test = token_windows(tokenizer, "test", window=args.window, max_tokens=args.max_tokens)
 

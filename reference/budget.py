@@ -150,6 +150,65 @@ def choose_sizes(curves, costs, weights, fraction, *, iterations=100):
     return sizes_for_threshold(curves, weights, hi), hi
 
 
+def split_sizes(curves, costs, weights, families, fraction, share):
+    """Sizes that take a set share of the removed cost from each family, one threshold per family.
+
+    With dense cost ``D`` (attention ``A``, MLP ``D − A``) and budget ``μ``, the
+    removed cost is ``(1 − μ) D``. The attention family keeps
+    ``A − share · (1 − μ) D`` (clipped to ``[0, min(A, μ D)]``), its sizes from
+    :func:`choose_sizes` on its own modules; the MLP family then gets the rest
+    of the budget, ``μ D`` minus what attention kept, the same way. ``share =
+    A / D`` keeps the fraction ``μ`` of each family ("proportional"); the
+    paper's single threshold over both families sets the split from the curves
+    instead.
+
+    Parameters
+    ----------
+    curves, costs, weights
+        As :func:`choose_sizes`, one entry per module.
+    families : sequence of {"attention", "mlp"}, shape (modules,)
+    fraction : float in (0, 1]
+    share : float in [0, 1] or "proportional"
+        Fraction of the removed cost taken from attention.
+
+    Returns
+    -------
+    (sizes, taus) : (list of int, dict)
+        Sizes in module order, and each family's threshold (``None`` for a
+        family kept whole or removed whole).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the budget fraction must lie in (0, 1], got {fraction}")
+    families = list(families)
+    if len(families) != len(costs) or set(families) - {"attention", "mlp"}:
+        raise ValueError("families must give 'attention' or 'mlp' for every module")
+    dense = total_cost([c.units for c in costs], costs)
+    member = {f: [i for i, g in enumerate(families) if g == f] for f in ("attention", "mlp")}
+    family_dense = {f: total_cost([costs[i].units for i in at], [costs[i] for i in at]) for f, at in member.items()}
+    if share == "proportional":
+        share = family_dense["attention"] / dense
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be a number in [0, 1] or 'proportional', got {share!r}")
+    sizes, taus = [0] * len(costs), {}
+    left = fraction * dense
+    for family, target in (("attention", family_dense["attention"] - share * (1 - fraction) * dense), ("mlp", None)):
+        at = member[family]
+        target = left if target is None else min(max(target, 0.0), family_dense[family], left)
+        if not at:
+            continue
+        part = min(target / family_dense[family], 1.0) if family_dense[family] > 0 else 1.0
+        if part <= 0:
+            chosen, taus[family] = [0] * len(at), None
+        else:
+            chosen, tau = choose_sizes([curves[i] for i in at], [costs[i] for i in at],
+                                       [weights[i] for i in at], part)
+            taus[family] = None if part == 1.0 else tau
+        for i, k in zip(at, chosen):
+            sizes[i] = k
+        left -= total_cost(chosen, [costs[i] for i in at])
+    return sizes, taus
+
+
 def uniform_sizes(costs, fraction):
     """The same kept fraction in every module: the baselines' sizes.
 

@@ -499,6 +499,37 @@ def token_windows(
                         name=f"WikiText-2 {split}")  # (W, window)
 
 
+def held_out_windows(tokenizer, calibration, *, window: int = 512, max_tokens: int | None = None) -> torch.Tensor:
+    """WikiText-2 validation windows that no calibration batch holds: where defaults are measured.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    calibration : list of dict
+        Calibration batches whose ``input_ids`` are validation windows (:func:`calibration_windows`).
+    window : int
+        Tokens per window, as calibration used.
+    max_tokens : int, optional
+        Keep only the first such windows totalling at most this many tokens (at least one).
+
+    Returns
+    -------
+    Tensor of int64, shape (W, window)
+        In the order of the split.
+    """
+    drawn = torch.cat([b["input_ids"] for b in calibration])  # (windows, window)
+    if drawn.shape[1] != window:
+        raise ValueError(f"the calibration windows have {drawn.shape[1]} tokens, not window={window}")
+    windows = token_windows(tokenizer, "validation", window=window)
+    unseen = ~(windows[:, None, :] == drawn[None]).all(dim=-1).any(dim=1)  # (W,)
+    kept = windows[unseen]
+    if max_tokens is not None:
+        kept = kept[: max(max_tokens // window, 1)]
+    if not len(kept):
+        raise ValueError("every validation window is in the calibration: draw fewer")
+    return kept
+
+
 def calibration_windows(
     tokenizer, n_windows: int = 128, *, window: int = 512, batch_size: int = 8, seed: int = 0
 ) -> list[dict[str, torch.Tensor]]:

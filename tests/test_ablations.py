@@ -135,3 +135,47 @@ def test_given_sizes_are_checked_against_the_model_and_the_budget():
         run("bert", Stat(sizes={**sizes, first: 10_000}))
     with pytest.raises(ValueError, match="size of"):
         Stat(sizes={first: -1})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("split", ["proportional", 0.0, 0.6])
+def test_split_sizes_each_family_by_its_own_threshold(family, split):
+    dense, model, plan = run(family, Stat(split=split))
+    label = "split proportional" if split == "proportional" else f"split {split:g}"
+    assert plan.meta["method"] == f"stat ({label})" and plan.meta["split"] == split
+    curves = [np.asarray(c) for l in plan.layers for c in (l["attn_residuals"], l["mlp_residuals"])]
+    costs = costs_of(family, plan)
+    families = ["attention", "mlp"] * len(plan.layers)
+    # the same weights the default threshold uses: recovered from a default run's plan
+    _, _, default = run(family, Stat())
+    expected, _ = budget_lib.split_sizes(curves, costs, _weights(family), families, 0.5, split)
+    assert sizes_of(plan) == expected
+    assert plan.meta["kept_cost"] <= 0.5 * plan.meta["dense_cost"] * (1 + 1e-9)
+    assert held_out_error(family, dense, model) < 1.0
+    assert sizes_of(default) != sizes_of(plan) or split == "proportional"
+
+
+def _weights(family):
+    """The layer weights STAT's sizes use on the tiny model (``layer_weights`` on its dense modules)."""
+    from statlab.methods.stat import layer_weights
+
+    make, data = FAMILIES[family]
+    dense = make()
+    adapter = get_adapter(dense)
+    captured = {}
+
+    class Spy(Stat):
+        def sizes(self, modules, costs, fraction, adapter):
+            captured["w"] = layer_weights(list(modules.values()), adapter)
+            return super().sizes(modules, costs, fraction, adapter)
+
+    statlab.prune(copy.deepcopy(dense), data(4), mac_fraction=0.5, method=Spy(), base="tiny")
+    return captured["w"]
+
+
+def test_bad_split_is_a_clear_error():
+    for split in (-0.5, 2, "half", True):
+        with pytest.raises(ValueError, match="split must be"):
+            Stat(split=split)
+    with pytest.raises(ValueError, match="needs sizes='curves'"):
+        Stat(split=0.5, sizes="uniform")

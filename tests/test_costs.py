@@ -108,3 +108,59 @@ def test_uniform_sizes_spend_the_budget():
     assert spent <= 0.4 * dense + 1e-9
     assert spent >= 0.4 * dense - 7.0  # less than one head left over
     assert [sizes[0], sizes[2], sizes[4]].count(5) >= 1  # some layers round 4.8 heads up
+
+
+def _family_case(seed=0):
+    """Curves (non-increasing, ending at 0), costs and weights of 3 attention and 3 MLP modules."""
+    rng = np.random.default_rng(seed)
+    costs, curves, families = [], [], []
+    for layer in range(3):
+        for family, units, per_unit in (("attention", 4, 40.0), ("mlp", 24, 3.0)):
+            drops = rng.random(units)
+            curve = np.concatenate([[1.0], 1.0 - np.cumsum(drops) / drops.sum()])
+            curve[-1] = 0.0
+            costs.append(budget.ModuleCost(units, per_unit))
+            curves.append(np.maximum(curve, 0.0))
+            families.append(family)
+    return curves, costs, rng.uniform(0.5, 2.0, len(costs)), families
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, "proportional", 1.0])
+@pytest.mark.parametrize("fraction", [0.8, 0.5, 0.3])
+def test_split_sizes_take_the_share_from_attention_and_the_rest_from_the_mlps(share, fraction):
+    curves, costs, weights, families = _family_case()
+    sizes, taus = budget.split_sizes(curves, costs, weights, families, fraction, share)
+    att = [i for i, f in enumerate(families) if f == "attention"]
+    mlp = [i for i, f in enumerate(families) if f == "mlp"]
+
+    def cost(at, ks=None):
+        return sum((sizes[i] if ks is None else ks[i]) * costs[i].per_unit for i in at)
+
+    A, M = cost(att, [c.units for c in costs]), cost(mlp, [c.units for c in costs])
+    D = A + M
+    s = A / D if share == "proportional" else share
+    target_a = min(max(A - s * (1 - fraction) * D, 0.0), A, fraction * D)
+    # attention: exactly choose_sizes on its own modules at its own fraction (direct computation)
+    if target_a == 0:
+        assert [sizes[i] for i in att] == [0] * len(att)
+    else:
+        expected, _ = budget.choose_sizes([curves[i] for i in att], [costs[i] for i in att],
+                                          [weights[i] for i in att], target_a / A)
+        assert [sizes[i] for i in att] == expected
+    assert cost(att) <= target_a + 1e-9 and cost(att) > target_a - max(costs[i].per_unit for i in att) * len(att)
+    left = fraction * D - cost(att)  # what the MLPs may keep
+    assert cost(mlp) <= left + 1e-9 and cost(att) + cost(mlp) <= fraction * D + 1e-9
+    if left < M:
+        expected, _ = budget.choose_sizes([curves[i] for i in mlp], [costs[i] for i in mlp],
+                                          [weights[i] for i in mlp], left / M)
+        assert [sizes[i] for i in mlp] == expected
+    assert set(taus) == {"attention", "mlp"}
+
+
+def test_split_sizes_refuse_bad_shares_and_families():
+    curves, costs, weights, families = _family_case()
+    for share in (-0.1, 1.5, "half", True):
+        with pytest.raises(ValueError, match="share"):
+            budget.split_sizes(curves, costs, weights, families, 0.5, share)
+    with pytest.raises(ValueError, match="families"):
+        budget.split_sizes(curves, costs, weights, ["attention"] * 5 + ["conv"], 0.5, 0.5)

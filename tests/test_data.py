@@ -223,6 +223,20 @@ def test_token_windows_limits():
 
 
 @needs_data
+def test_held_out_windows_are_the_validation_windows_calibration_did_not_draw():
+    tokenizer = WhitespaceTokenizer()
+    full = data.token_windows(tokenizer, "validation", window=100)
+    batches = data.calibration_windows(tokenizer, 20, window=100, batch_size=8, seed=1)
+    drawn = {tuple(w.tolist()) for b in batches for w in b["input_ids"]}
+    held = data.held_out_windows(tokenizer, batches, window=100)
+    expected = [w for w in full if tuple(w.tolist()) not in drawn]
+    assert len(held) == len(expected) > 0 and torch.equal(held, torch.stack(expected))
+    assert torch.equal(data.held_out_windows(tokenizer, batches, window=100, max_tokens=350), held[:3])
+    with pytest.raises(ValueError, match="not window=50"):
+        data.held_out_windows(tokenizer, batches, window=50)
+
+
+@needs_data
 def test_token_windows_smaller_limit_wins_and_empty_raises():
     tokenizer = WhitespaceTokenizer()
     both = data.token_windows(tokenizer, "validation", window=100, max_tokens=1000, n_windows=2)

@@ -136,6 +136,14 @@ class Stat(PruningMethod):
         driver's dense-output moment (:func:`~statlab.methods.base.refit_output_map`;
         computed in torch on either backend's Gram). The kept units are the ID's
         either way; on the one-pass variant ``Z' = Z`` and the option changes nothing.
+    split : None, "proportional" or float in [0, 1]
+        How the budget divides between the families. None (default, the paper):
+        one threshold over the weighted curves of heads and neurons together.
+        A number: that share of the removed cost comes from attention, each
+        family sized by its own threshold
+        (:func:`~statlab.reference.budget.split_sizes`); ``"proportional"``:
+        each family keeps the budget's fraction of its own cost. Only with
+        ``sizes="curves"``.
     intercept : bool
         Fit each correction with an intercept: the error curves, the ID and the
         least squares on the centred activations :func:`centred`, and the
@@ -149,8 +157,12 @@ class Stat(PruningMethod):
     propagates = True
 
     def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed",
-                 dense_target=0.0, intercept=False):
+                 dense_target=0.0, intercept=False, split=None):
         super().__init__(seed=seed, ridge=ridge)
+        if split is not None and split != "proportional" and (
+                isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= float(split) <= 1.0):
+            raise ValueError(f"split must be None, 'proportional' or a share in [0, 1], got {split!r}")
+        self.split = split if split in (None, "proportional") else float(split)
         self.intercept = bool(intercept)
         if isinstance(dense_target, bool) or not isinstance(dense_target, (int, float)) \
                 or not 0.0 <= float(dense_target) <= 1.0:
@@ -173,11 +185,16 @@ class Stat(PruningMethod):
         if ridge_rule not in ("fixed", "gcv"):
             raise ValueError(f"ridge_rule must be 'fixed' or 'gcv', got {ridge_rule!r}")
         self.correction, self.size_rule, self.weighting = bool(correction), sizes, bool(weighting)
+        if self.split is not None and sizes != "curves":
+            raise ValueError(f"split divides the budget between the curves of the two families: it needs "
+                             f"sizes='curves', not {sizes!r}")
         self.ridge_rule = ridge_rule
         off = [word for word, on in (("no correction", self.correction), ("uniform sizes", sizes != "uniform"),
                                      ("given sizes", sizes != "given"), ("no layer weights", self.weighting))
                if not on]
         off += ["gcv ridge"] if ridge_rule == "gcv" else []
+        off += [f"split {self.split:g}" if isinstance(self.split, float) else "split proportional"] \
+            if self.split is not None else []
         off += [f"dense target {self.dense_target:g}"] if self.dense_target else []
         off += ["intercept"] if self.intercept else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
@@ -193,8 +210,13 @@ class Stat(PruningMethod):
             sizes, info = budget_lib.uniform_sizes(cost_list, fraction), {"sizes": "uniform"}
         else:
             weights = layer_weights(stats, adapter) if self.weighting else np.ones(len(stats))
-            sizes, tau = budget_lib.choose_sizes(curves, cost_list, weights, fraction)
-            info = {"threshold": tau}
+            if self.split is None:
+                sizes, tau = budget_lib.choose_sizes(curves, cost_list, weights, fraction)
+                info = {"threshold": tau}
+            else:
+                sizes, taus = budget_lib.split_sizes(curves, cost_list, weights, [k.kind for k in keys], fraction,
+                                                     self.split)
+                info = {"thresholds": taus, "split": self.split}
         return SizeChoice(dict(zip(keys, sizes)), dict(zip(keys, curves)), info)
 
     def _given_sizes(self, costs, fraction):
