@@ -62,7 +62,7 @@ def method_of(config: str, peer_sizes: dict):
     """The method (name or configured ``Stat``) of one configuration; ``peer_sizes`` maps a peer to its sizes.
 
     ``stat``; a peer's name; ``stat @ PEER sizes``; ``stat (intercept)``, ``stat (gcv ridge)``,
-    ``stat (ridge X)``; ``stat (N examples)`` / ``stat (N windows)`` (STAT on another
+    ``stat (ridge X)``, ``stat (split S)`` (``Stat(split=S)``); ``stat (N examples)`` / ``stat (N windows)`` (STAT on another
     calibration size: :func:`calibration_size_of`).
     """
     if config == "stat" or re.fullmatch(r"stat \(\d+ (examples|windows)\)", config):
@@ -73,6 +73,8 @@ def method_of(config: str, peer_sizes: dict):
         return Stat(ridge_rule="gcv")
     if ridge := re.fullmatch(r"stat \(ridge ([0-9.e-]+)\)", config):
         return Stat(ridge=float(ridge.group(1)))
+    if split := re.fullmatch(r"stat \(split (proportional|[0-9.]+)\)", config):
+        return Stat(split=split.group(1) if split.group(1) == "proportional" else float(split.group(1)))
     if peer := re.fullmatch(r"stat @ (\w+) sizes", config):
         if peer.group(1) not in peer_sizes:
             raise ValueError(f"{config!r} needs {peer.group(1)!r} run first at this budget (list it before)")
@@ -113,9 +115,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/explain_task_models.json")
     args = parser.parse_args()
     configs = args.configs.split(",")
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        parser.error(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
+    for config in configs:
+        try:
+            method_of(config, dict.fromkeys(PEERS, {}))
+        except ValueError as e:
+            parser.error(f"{e}; e.g. {', '.join(CONFIGS)}")
     out = Path(args.out)
     document = json.loads(out.read_text()) if out.exists() else {"runs": []}
     document.update({"machine": platform.processor() or platform.machine(), "held_out": args.held_out,

@@ -20,6 +20,11 @@ import sys
 import time
 
 
+def split_option(text: str):
+    """``Stat(split=...)`` of a ``--splits`` entry: ``none`` (the paper's one threshold), ``proportional`` or a share."""
+    return None if text == "none" else text if text == "proportional" else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="stat")
@@ -30,6 +35,9 @@ def main() -> None:
     parser.add_argument("--dense-targets", default="0",
                         help="STAT's dense_target values: the weight of the dense model's outputs in each correction's target")
     parser.add_argument("--intercepts", default="0", help="STAT's intercept settings to run: 0, 1 or 0,1")
+    parser.add_argument("--splits", default="none",
+                        help="STAT's budget splits between the families: none (one threshold), proportional, or shares of the "
+                             "removed cost taken from attention (Stat(split=...))")
     parser.add_argument("--half", default="report", choices=["tune", "report"])
     parser.add_argument("--model", default="minilm")
     args = parser.parse_args()
@@ -52,10 +60,12 @@ def main() -> None:
         for size in map(int, args.sizes.split(",")):
             batches, calib = calibration_batches(tokenizer, "stsb", size=size, source=source)
             for method in args.methods.split(","):
-                stat_grid = [(r, float(t), bool(int(c))) for r in args.ridges.split(",") for t in args.dense_targets.split(",")
+                stat_grid = [(r, float(t), bool(int(c)), split_option(x)) for r in args.ridges.split(",")
+                             for t in args.dense_targets.split(",") for x in args.splits.split(",")
                              for c in args.intercepts.split(",")]
-                for ridge, target, intercept in stat_grid if method == "stat" else [("0", 0.0, False)]:
-                    chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept)
+                for ridge, target, intercept, split in stat_grid if method == "stat" else [("0", 0.0, False, None)]:
+                    chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
+                                                     split=split)
                     ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
                     for budget in map(float, args.budgets.split(",")):
                         model = copy.deepcopy(dense)
@@ -66,6 +76,7 @@ def main() -> None:
                         seconds = time.perf_counter() - start
                         row = {"method": method, "budget": budget, "source": source, "calibration_size": size,
                                "calibration_tokens": calib["tokens"], "ridge": ridge, "dense_target": target, "intercept": intercept,
+                               "split": split,
                                "metrics": stsb_spearman(model, tokenizer, half=args.half, disable_progress=True),
                                "macs": block_macs(model, EVAL_SEQ_LEN), "dense_macs": block_macs(dense, EVAL_SEQ_LEN),
                                "kept": plan.kept_fraction(), "prune_seconds": round(seconds, 1)}

@@ -22,6 +22,11 @@ import sys
 import time
 
 
+def split_option(text: str):
+    """``Stat(split=...)`` of a ``--splits`` entry: ``none`` (the paper's one threshold), ``proportional`` or a share."""
+    return None if text == "none" else text if text == "proportional" else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2")
@@ -34,6 +39,9 @@ def main() -> None:
     parser.add_argument("--dense-targets", default="0",
                         help="STAT's dense_target values: the weight of the dense model's outputs in each correction's target")
     parser.add_argument("--intercepts", default="0", help="STAT's intercept settings to run: 0, 1 or 0,1")
+    parser.add_argument("--splits", default="none",
+                        help="STAT's budget splits between the families: none (one threshold), proportional, or shares of the "
+                             "removed cost taken from attention (Stat(split=...))")
     parser.add_argument("--eval", default="test", choices=["test", "validation"],
                         help="test windows, or validation windows calibration did not draw")
     parser.add_argument("--plot", help="save a perplexity-vs-sparsity plot here")
@@ -65,10 +73,12 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        stat_grid = [(r, float(t), bool(int(c))) for r in args.ridges.split(",") for t in args.dense_targets.split(",")
+        stat_grid = [(r, float(t), bool(int(c)), split_option(x)) for r in args.ridges.split(",")
+                     for t in args.dense_targets.split(",") for x in args.splits.split(",")
                      for c in args.intercepts.split(",")]
-        for ridge, target, intercept in stat_grid if method == "stat" else [("0", 0.0, False)]:
-            chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept)
+        for ridge, target, intercept, split in stat_grid if method == "stat" else [("0", 0.0, False, None)]:
+            chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
+                                             split=split)
             ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
             for sparsity in map(float, args.sparsities.split(",")):
                 model = copy.deepcopy(dense)
@@ -76,7 +86,7 @@ def main() -> None:
                 plan = statlab.prune(model, batches, sparsity=sparsity, method=chosen, seq_len=args.window,
                                      ridge=fixed, base=args.model)
                 row = {"method": method, "ridge": ridge, "dense_target": target, "intercept": intercept,
-                       "sparsity": sparsity,
+                       "split": split, "sparsity": sparsity,
                        "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
                        **evaluate(model)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -100,14 +110,15 @@ def plot(document, path):
     dense = next(r for r in document["results"] if r["method"] == "dense")
     ax.axhline(dense["perplexity"], color="gray", ls="--", label=f"dense {dense['perplexity']:.1f}")
     def run(r):
-        return r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0), r.get("intercept", False)
+        return r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0), r.get("intercept", False), r.get("split")
 
     runs = dict.fromkeys(run(r) for r in document["results"] if r["method"] != "dense")
-    for method, ridge, target, intercept in runs:
-        rows = [r for r in document["results"] if run(r) == (method, ridge, target, intercept)]
+    for method, ridge, target, intercept, split in runs:
+        rows = [r for r in document["results"] if run(r) == (method, ridge, target, intercept, split)]
         alone = len({key[0] for key in runs if key[0] == method}) == 1
-        label = method if alone and ridge in (0, 0.0) and not target and not intercept else \
-            f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "") + (" intercept" * intercept)
+        label = method if alone and ridge in (0, 0.0) and not target and not intercept and split is None else \
+            f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "") + (" intercept" * intercept) \
+            + (f" split {split}" if split is not None else "")
         ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")

@@ -120,3 +120,15 @@ def test_method_and_ridge_maps_the_word_gcv_to_stats_rule():
     assert method_and_ridge("flap", 0, dense_target=0) == ("flap", 0.0)  # the default asks nothing of FLAP
     with pytest.raises(ValueError, match="dense_target=1"):
         method_and_ridge("flap", 0, dense_target=1)
+
+
+def test_method_and_ridge_passes_stats_non_default_options_only():
+    assert method_and_ridge("stat", 0, split=None, intercept=False, dense_target=0.0) == ("stat", 0.0)
+    method, _ = method_and_ridge("stat", 0, split=0.0)  # a share of 0 is an option, not the default None
+    assert isinstance(method, Stat) and method.split == 0.0 and method.label == "stat (split 0)"
+    method, _ = method_and_ridge("stat", 0, split="proportional")
+    assert method.label == "stat (split proportional)"
+    with pytest.raises(ValueError, match="split=0.5"):
+        method_and_ridge("goa", 0, split=0.5)
+    with pytest.raises(ValueError, match="no options"):
+        method_and_ridge("stat", 0, colour="blue")

@@ -9,6 +9,8 @@ bias compensation), and the baselines ``activation``, ``magnitude`` and ``random
 
 from __future__ import annotations
 
+import inspect
+
 from .base import ModuleStats, PruningMethod, Selection, SizeChoice, keep_top, unit_columns, unit_energies
 from .baselines import Activation, Magnitude, Random
 from .flap import Flap
@@ -37,7 +39,16 @@ def method_and_ridge(method: str, ridge, *, seed: int = 0, **stat_options) -> tu
     these: asked of another method they are an error, not silently dropped.
     """
     gcv = isinstance(ridge, str) and ridge.strip().lower() == "gcv"
-    stat_options = {name: value for name, value in stat_options.items() if value}  # 0 / False: STAT's default
+    defaults = inspect.signature(Stat).parameters
+    unknown = sorted(set(stat_options) - set(defaults))
+    if unknown:
+        raise ValueError(f"Stat has no options {unknown}")
+    def is_default(value, default):  # 0 for 0.0 is the default; False for 0 or 0.0 for None is not
+        return value is default or (not isinstance(value, bool) and not isinstance(default, bool)
+                                    and default is not None and value == default)
+
+    stat_options = {name: value for name, value in stat_options.items()
+                    if not is_default(value, defaults[name].default)}
     if not gcv and not stat_options:
         return method, float(ridge)
     if method != "stat":
