@@ -92,7 +92,7 @@ def main() -> None:
     dense_log_probs = next_token_log_probs(dense, held)
     document["dense"] = {"held_out": perplexity(dense, held, disable_progress=True),
                          "test": perplexity(dense, test, disable_progress=True)}
-    document["calibration_tokens"] = {str(n): sum(int(b["attention_mask"].sum()) for b in calibration[n])
+    document["calibration_tokens"] = {str(n): sum(int(b["input_ids"].numel()) for b in calibration[n])
                                       for n in sizes}
     for budget in (float(b) for b in args.budgets.split(",")):
         peer_sizes = {}
