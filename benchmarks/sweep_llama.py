@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--splits", default="none",
                         help="STAT's budget splits between the families: none (one threshold), proportional, or shares of the "
                              "removed cost taken from attention (Stat(split=...))")
+    parser.add_argument("--attention-units", default="groups",
+                        help="STAT's attention units to run: groups (whole KV groups), heads (query heads) or groups,heads")
     parser.add_argument("--eval", default="test", choices=["test", "validation"],
                         help="test windows, or validation windows calibration did not draw")
     parser.add_argument("--plot", help="save a perplexity-vs-sparsity plot here")
@@ -73,12 +75,13 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        stat_grid = [(r, float(t), bool(int(c)), split_option(x)) for r in args.ridges.split(",")
+        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u) for r in args.ridges.split(",")
                      for t in args.dense_targets.split(",") for x in args.splits.split(",")
-                     for c in args.intercepts.split(",")]
-        for ridge, target, intercept, split in stat_grid if method == "stat" else [("0", 0.0, False, None)]:
+                     for c in args.intercepts.split(",") for u in args.attention_units.split(",")]
+        for ridge, target, intercept, split, units in stat_grid if method == "stat" else \
+                [("0", 0.0, False, None, "groups")]:
             chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
-                                             split=split)
+                                             split=split, attention_units=units)
             ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
             for sparsity in map(float, args.sparsities.split(",")):
                 model = copy.deepcopy(dense)
@@ -86,7 +89,7 @@ def main() -> None:
                 plan = statlab.prune(model, batches, sparsity=sparsity, method=chosen, seq_len=args.window,
                                      ridge=fixed, base=args.model)
                 row = {"method": method, "ridge": ridge, "dense_target": target, "intercept": intercept,
-                       "split": split, "sparsity": sparsity,
+                       "split": split, "attention_units": units, "sparsity": sparsity,
                        "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
                        **evaluate(model)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -110,15 +113,17 @@ def plot(document, path):
     dense = next(r for r in document["results"] if r["method"] == "dense")
     ax.axhline(dense["perplexity"], color="gray", ls="--", label=f"dense {dense['perplexity']:.1f}")
     def run(r):
-        return r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0), r.get("intercept", False), r.get("split")
+        return (r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0), r.get("intercept", False), r.get("split"),
+                r.get("attention_units", "groups"))
 
     runs = dict.fromkeys(run(r) for r in document["results"] if r["method"] != "dense")
-    for method, ridge, target, intercept, split in runs:
-        rows = [r for r in document["results"] if run(r) == (method, ridge, target, intercept, split)]
+    for method, ridge, target, intercept, split, units in runs:
+        rows = [r for r in document["results"] if run(r) == (method, ridge, target, intercept, split, units)]
         alone = len({key[0] for key in runs if key[0] == method}) == 1
-        label = method if alone and ridge in (0, 0.0) and not target and not intercept and split is None else \
+        plain = ridge in (0, 0.0) and not target and not intercept and split is None and units == "groups"
+        label = method if alone and plain else \
             f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "") + (" intercept" * intercept) \
-            + (f" split {split}" if split is not None else "")
+            + (f" split {split}" if split is not None else "") + (" query heads" if units == "heads" else "")
         ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")

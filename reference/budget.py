@@ -24,10 +24,19 @@ class ModuleCost:
         Heads/groups or neurons.
     per_unit : float
         Cost of one unit (MACs at the reference length, or parameters).
+    fixed : float
+        Cost paid once while any unit is kept (0 by default): the key and
+        value maps of a GQA layer whose units are query heads. ``k`` units
+        cost ``k · per_unit + fixed · [k > 0]``.
     """
 
     units: int
     per_unit: float
+    fixed: float = 0.0
+
+    def cost(self, k) -> float:
+        """What ``k`` kept units cost: ``k · per_unit + fixed · [k > 0]``."""
+        return k * self.per_unit + (self.fixed if k > 0 else 0.0)
 
 
 def head_macs(seq_len, hidden, head_dim, query_heads=1, kv_heads=1):
@@ -111,7 +120,23 @@ def sizes_for_threshold(curves, weights, tau):
 
 
 def total_cost(sizes, costs):
-    return float(sum(k * c.per_unit for k, c in zip(sizes, costs)))
+    """``Σ_i cost_i(k_i)`` (:meth:`ModuleCost.cost`) of ``sizes`` (modules,) under ``costs``."""
+    return float(sum(c.cost(k) for k, c in zip(sizes, costs)))
+
+
+def stepped_curve(curve, step):
+    """``r(step · floor(k / step))``: a curve whose threshold sizes are multiples of ``step``.
+
+    A module whose sizes must be multiples of ``step`` (a GQA layer keeping the
+    same number of query heads in each of its ``step`` groups) is held at the
+    error of the last allowed size until the next; ``min{k : w r(k) <= τ}`` on
+    it is then always allowed. ``curve`` has shape (units + 1,) with ``units``
+    a multiple of ``step``; returns the same shape.
+    """
+    r = np.asarray(curve, dtype=np.float64)
+    if step < 1 or (r.size - 1) % step:
+        raise ValueError(f"a curve over {r.size - 1} units cannot step by {step}")
+    return r[(np.arange(r.size) // step) * step]
 
 
 def choose_sizes(curves, costs, weights, fraction, *, iterations=100):

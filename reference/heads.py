@@ -69,9 +69,11 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0, curve=True, order=None) ->
     curve : bool
         Compute the error curve (``residuals``; None otherwise).
     order : array_like of int, shape (units,), optional
-        The full unit order of these same data and ``W_out`` from an earlier
-        call (its ``idx`` at ``k = units``): the pivoting is skipped and the
-        result is the same.
+        A unit order to use instead of the pivots': the full order of these
+        same data and ``W_out`` from an earlier call (its ``idx`` at ``k =
+        units``; the result is then the same, the pivoting skipped), or any
+        permutation of the units, e.g. :func:`~statlab.reference.heads.group_rounds`
+        of it. The first ``k`` are kept and the curve runs along it.
 
     Returns
     -------
@@ -91,3 +93,35 @@ def prune_heads(C, W_out, unit_size, k, *, ridge=0.0, curve=True, order=None) ->
     if k and J.size:
         weight = weight + W_out[:, J] @ _fit(C, I, J, ridge).T
     return ModulePruning(order[:k], weight, residuals)
+
+
+def group_rounds(order, groups):
+    """Query heads of a GQA layer in rounds that keep every KV group alike.
+
+    Head ``h`` of ``H = groups · r`` belongs to group ``h // r`` (the query heads
+    reading one KV head are consecutive). Round ``j`` takes each group's
+    ``j``-th head in ``order``; the rounds follow one another, and within a round
+    the heads keep their places in ``order``. The first ``m · groups`` entries
+    are then the ``m`` best heads of every group by ``order``, so a layer that
+    keeps them keeps ``m`` query heads per KV head.
+
+    Parameters
+    ----------
+    order : array_like of int, shape (H,)
+        A permutation of the query heads, most important first (the pivots).
+    groups : int
+        KV groups, dividing ``H``.
+
+    Returns
+    -------
+    ndarray of int64, shape (H,)
+    """
+    order = np.asarray(order, dtype=np.int64).reshape(-1)
+    if groups < 1 or order.size % groups or not np.array_equal(np.sort(order), np.arange(order.size)):
+        raise ValueError(f"order must be a permutation of heads that {groups} groups divide, got {order.size} entries")
+    group = order // (order.size // groups)
+    rank = np.empty_like(order)  # rank[i]: how many heads of order[i]'s group come before it
+    seen = np.zeros(groups, dtype=np.int64)
+    for i, g in enumerate(group):
+        rank[i], seen[g] = seen[g], seen[g] + 1
+    return order[np.lexsort((np.arange(order.size), rank))]

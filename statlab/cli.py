@@ -36,6 +36,7 @@ _TASKS = sorted(set(DEFAULT_CALIBRATION_SOURCE) | set(GLUE_TASKS) | set(QA_TASKS
 METHOD_NAMES = ("stat", "goa", "slimllm", "kwon", "flap", "activation", "magnitude", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 GRAM_PRECISIONS = ("fp64", "fp32", "tf32")  # statlab.fast.gram.PRECISIONS
+ATTENTION_UNITS = ("groups", "heads")  # statlab.models.ATTENTION_UNITS
 
 
 def _report(args):
@@ -54,7 +55,8 @@ def run_prune(args) -> dict:
     say = _report(args)
     device, dtype = _hardware(args)  # a machine without the device is told before any work
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
-    method, ridge = statlab.methods.method_and_ridge(args.method, args.ridge, seed=args.seed)  # gcv: stat only
+    method, ridge = statlab.methods.method_and_ridge(args.method, args.ridge, seed=args.seed,  # stat only
+                                                     attention_units=args.attention_units)
     corpus = _calibration_corpus(args)  # a bad file is refused before the model loads
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
@@ -430,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative ridge of the corrections, >= 0, or gcv (stat only: each module's ridge chosen by "
                         "generalised cross-validation on its calibration statistics)")
     p.add_argument("--one-pass", action="store_true", help="do not propagate through pruned layers")
+    p.add_argument("--attention-units", choices=ATTENTION_UNITS, default="groups",
+                   help="a GQA model's attention units: whole KV groups (default) or query heads, the same number "
+                        "kept in every group of a layer (stat only)")
     p.add_argument("--precision", choices=GRAM_PRECISIONS, default="fp64",
                    help="accumulation of the Grams: fp64 (default; CPU, A100/H100/H200), fp32, or tf32 (TF32 tensor "
                         "cores on CUDA)")

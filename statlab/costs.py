@@ -14,17 +14,25 @@ from .models import get_adapter
 
 
 def module_costs(model, adapter, blocks, kind, seq_len):
-    """Per-block ``(attention, MLP)`` :class:`ModuleCost` for ``kind`` in {"macs", "params"}."""
+    """Per-block ``(attention, MLP)`` :class:`ModuleCost` for ``kind`` in {"macs", "params"}.
+
+    A block in the query-head view (``Block.groups > 0``) costs one query head
+    a unit (its ``W_Q`` rows and ``W_O`` columns, its scores) and its key and
+    value maps as the fixed cost of keeping any head.
+    """
     d = adapter.hidden_size(model)
     costs = []
     for b in blocks:
+        q, kv = (1, 0) if b.groups else (b.heads_per_unit, 1)  # query and KV heads of one unit
         if kind == "macs":
-            head = budget_lib.head_macs(seq_len, d, b.head_dim, b.heads_per_unit, 1)
+            head = budget_lib.head_macs(seq_len, d, b.head_dim, q, kv)
+            fixed = budget_lib.head_macs(seq_len, d, b.head_dim, 0, b.groups)
             neuron = budget_lib.neuron_macs(seq_len, d, adapter.gated)
         else:
-            head = budget_lib.head_params(d, b.head_dim, b.heads_per_unit, 1, b.attn_bias)
+            head = budget_lib.head_params(d, b.head_dim, q, kv, b.attn_bias)
+            fixed = budget_lib.head_params(d, b.head_dim, 0, b.groups, b.attn_bias)
             neuron = budget_lib.neuron_params(d, adapter.gated, b.mlp_bias)
-        costs.append((budget_lib.ModuleCost(b.units, head), budget_lib.ModuleCost(b.mlp_units, neuron)))
+        costs.append((budget_lib.ModuleCost(b.units, head, fixed), budget_lib.ModuleCost(b.mlp_units, neuron)))
     return costs
 
 
@@ -32,4 +40,4 @@ def block_macs(model, seq_len: int) -> float:
     """MACs of one sequence of ``seq_len`` tokens through all attention and MLP blocks."""
     adapter = get_adapter(model)
     costs = module_costs(model, adapter, adapter.blocks(model), "macs", seq_len)
-    return float(sum(c.units * c.per_unit for pair in costs for c in pair))
+    return float(sum(c.cost(c.units) for pair in costs for c in pair))

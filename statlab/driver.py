@@ -31,9 +31,11 @@ from .fast.gram import accumulation_dtype
 from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters,
                      check_int, check_real, check_ridge, eval_mode)
 from .methods import ModuleStats, PruningMethod, Selection, get_method
-from .models import get_adapter
+from .methods.base import unit_columns
+from .models import check_attention_units, get_adapter
 from .offload import check_placement, execution_device, input_device, is_dispatched, resident, streamed
-from .plan import PruningPlan, apply_selection, config_hash, selection_tensors, weights_fingerprint
+from .plan import (PruningPlan, apply_selection, config_hash, head_layout_problem, selection_tensors,
+                   weights_fingerprint)
 from .records import KINDS, LayerRecord, ModuleKey, PruneConfig, module_keys
 
 
@@ -171,7 +173,8 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
                          "or pass offload=True to run its blocks on the device one at a time")
     pruner = method if isinstance(method, PruningMethod) else get_method(method, seed=seed, ridge=ridge)
     adapter = get_adapter(model)
-    blocks = adapter.blocks(model)
+    attention_units = check_attention_units(getattr(pruner, "attention_units", "groups"))
+    blocks = adapter.blocks(model, attention_units)
     check_finite_parameters(model, blocks, adapter.layers_path(model))
     tokens, calib_len, calib_hash = _check_calibration(calibration, blocks, model)
     config = PruneConfig(budget=budget, method=pruner.label, backend=backend, seed=pruner.seed, propagate=propagate,
@@ -185,6 +188,8 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
         **config.record(),
         "calibration": {"hash": calib_hash, "batches": len(calibration), "tokens": tokens},
     }
+    if any(b.groups for b in blocks):  # PruningPlan.apply describes the model the same way
+        meta["attention_units"] = attention_units
     keys = module_keys(blocks)
     costs = dict(zip(keys, (c for pair in module_costs(model, adapter, blocks, config.cost_kind, config.seq_len)
                             for c in pair)))
@@ -200,6 +205,7 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
                 choice = choice.keyed(keys)
             except ValueError as e:
                 raise SelectionError(f"method {config.method!r}: {e}") from None
+            _check_group_sizes(choice.sizes, blocks, config.method)
         meta.update(choice.info)
         records, tensors = run.prune_blocks(choice, modules if not run.propagate else None, costs)
     sizes = [choice.sizes[k] for k in keys]
@@ -323,6 +329,8 @@ class _Run:
                 selection = _checked_selection(self.pruner.select(module, choice.sizes[key]), module,
                                                choice.sizes[key], self.config.method)
                 selection = _finite_output_map(selection, self.dtype, b, kind)
+                if kind == "attention" and b.groups:
+                    selection = _grouped(selection, b, self.config.method)
             del module
             with self.clock("rewrite"):
                 apply_selection(self.model, self.adapter, b, kind, selection)
@@ -398,6 +406,33 @@ def _checked_selection(selection, module: ModuleStats, k: int, method: str) -> S
             check(f"w_in_rows[{j}]", w, (k * (W.shape[0] // module.units), W.shape[1]))
         rows = tuple(rows)
     return Selection(units, selection.w_out, selection.b_out, rows)
+
+
+def _check_group_sizes(sizes, blocks, method) -> None:
+    """:class:`SelectionError` unless every query-head module's size is a multiple of its groups."""
+    for b in blocks:
+        k = sizes[ModuleKey(b.index, "attention")]
+        if b.groups and k % b.groups:
+            raise SelectionError(f"method {method!r}, layer {b.index} attention: {k} query heads cannot be "
+                                 f"kept alike in {b.groups} KV groups (a multiple of {b.groups} is needed)")
+
+
+def _grouped(selection: Selection, block, method) -> Selection:
+    """``selection`` of query heads laid out group by group: units ascending, ``w_out``'s columns with them.
+
+    The attention reads query head ``p`` of the pruned layer against KV head
+    ``p // m`` (``m`` heads kept per group), so the kept heads must come in
+    their groups' order, ``m`` of each: :class:`SelectionError` otherwise.
+    """
+    problem = head_layout_problem(sorted(selection.units), block)  # the counts per group; the order is made here
+    if problem:
+        raise SelectionError(f"method {method!r}, layer {block.index} attention: {problem}")
+    if selection.w_in_rows is not None:
+        raise SelectionError(f"method {method!r}, layer {block.index} attention: query heads as units keep "
+                             "their input rows (a refit of W_Q, W_K, W_V is for whole groups)")
+    position = sorted(range(len(selection.units)), key=lambda i: selection.units[i])
+    columns = unit_columns(position, block.unit_size).to(selection.w_out.device)
+    return Selection(sorted(selection.units), selection.w_out[:, columns], selection.b_out, None)
 
 
 def _finite_output_map(selection: Selection, dtype, block, part) -> Selection:
@@ -486,7 +521,7 @@ def _module(model, block, part, captured, backend, ridge, *, propagated=False, r
         ridge=ridge, b_out=out_map.bias, propagated=propagated, layer_similarity=similarity,
         b_in=tuple(m.bias for m in in_maps), output_error=errors.get(label), inputs_error=errors.get(f"{label} inputs"),
         attention=captured.get("attention", {}).get(label) if attention else None,
-        remeasure=remeasure,
+        remeasure=remeasure, groups=block.groups if attention else 0,
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .files import TEMP_PREFIX, atomic_write, remove_stale_temporaries
-from .models import get_adapter
+from .models import ATTENTION_UNITS, get_adapter
 from .offload import named_weights, resident
 from .records import LayerRecord, ModuleKey
 from .surgery import keep_rows, set_bias, set_input_weight, unit_rows
@@ -293,6 +293,9 @@ class PruningPlan:
         missing = [k for k in _REQUIRED_META if k not in self.meta]
         if missing:
             raise PlanError(f"plan meta lacks {', '.join(missing)}")
+        if self.meta.get("attention_units", "groups") not in ATTENTION_UNITS:
+            raise PlanError(f"plan meta attention_units is {self.meta['attention_units']!r}, not one of "
+                            f"{ATTENTION_UNITS}")
         if not isinstance(self.layers, list) or not self.layers:
             raise PlanError("plan layers must be a non-empty list, one entry per transformer block")
         expected = set()
@@ -364,6 +367,9 @@ class PruningPlan:
             if layer["attn_units"] != block.units or layer["mlp_units"] != block.mlp_units:
                 raise PlanError(f"{where} counts {layer['attn_units']} attention units and {layer['mlp_units']} "
                                 f"neurons; the model has {block.units} and {block.mlp_units}")
+            problem = head_layout_problem(layer["attn_kept"], block) if block.groups else None
+            if problem:
+                raise PlanError(f"{where}.attn_kept: {problem}")
             for part, out, width in (("attn", attn_out, len(layer["attn_kept"]) * block.unit_size),
                                      ("mlp", mlp_out, len(layer["mlp_kept"]))):
                 name = _tensor_name(block.index, part)
@@ -392,7 +398,7 @@ class PruningPlan:
         on any error nothing is changed.
         """
         adapter = get_adapter(model)
-        blocks = adapter.blocks(model)
+        blocks = adapter.blocks(model, self.meta.get("attention_units", "groups"))
         self.check_against(model, adapter, blocks)
         layers_path = adapter.layers_path(model)
         for block, layer in zip(blocks, self.layers):
@@ -506,6 +512,27 @@ def _read_document(path: Path) -> dict:
     if missing:
         raise PlanError(f"{path} lacks {', '.join(missing)}")
     return document
+
+
+def head_layout_problem(kept, block) -> str | None:
+    """What keeps query heads ``kept`` from being a GQA layer's layout, or None if they are one.
+
+    In the query-head view (``block.groups`` groups of ``r = units / groups``
+    heads) a layout keeps ``m`` heads of every group, ascending, so that
+    position ``p`` reads KV head ``p // m``; keeping none is removing the attention.
+    """
+    kept = [int(h) for h in kept]
+    if not kept:
+        return None
+    per_group = block.units // block.groups
+    counts = [0] * block.groups
+    for h in kept:
+        counts[h // per_group] += 1
+    if len(set(counts)) > 1:
+        return f"query heads {kept[:12]} keep {counts} heads of its {block.groups} KV groups; each must keep as many"
+    if kept != sorted(kept):
+        return f"query heads {kept[:12]} are not laid out group by group (ascending)"
+    return None
 
 
 def apply_attention(model, adapter, block, kept, weight, b_out=None, w_in_rows=None) -> None:

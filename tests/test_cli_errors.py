@@ -51,6 +51,8 @@ PRUNE = ["prune", "--model", "minilm", "--task", "stsb"]
     (["--sparsity", "0.2", "--ridge", "inf"], "--ridge: must be a finite number"),
     (["--sparsity", "0.2", "--ridge", "gvc"], "--ridge: must be a number in [0, inf)"),
     (["--sparsity", "0.2", "--ridge", "gcv", "--method", "flap"], "--ridge gcv: STAT's options (--method stat), not flap's"),
+    (["--sparsity", "0.2", "--attention-units", "heads", "--method", "kwon"],
+     "attention_units=heads: STAT's options (--method stat), not kwon's"),
     (["--mac-fraction", "abc"], "mac_fraction must be a number in (0, 1]"),
     (["--mac-fraction", "0"], "mac_fraction must lie in (0, 1], got 0"),
     (["--sparsity", "1"], "sparsity must lie in [0, 1), got 1"),

@@ -52,3 +52,26 @@ def test_prune_eval_and_reload_smollm2(tmp_path, capsys):
         assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied embeddings survive
     assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+
+
+def test_query_heads_as_units_on_smollm2(tmp_path, capsys):
+    """``--attention-units heads`` on the real GQA model (9 query heads in 3 groups): equal heads per group, reload."""
+    out = tmp_path / "smol-heads"
+    assert cli.main(["prune", "--model", "smollm2", "--task", "wikitext2", "--sparsity", "0.2",
+                     "--calibration-size", "16", "--window", "256", "--ridge", "0.01", "--attention-units", "heads",
+                     "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    import statlab
+
+    model, tokenizer, plan = statlab.load_pruned(out)
+    assert plan.meta["attention_units"] == "heads" and plan.meta["method"] == "stat (query heads)"
+    for layer, block in zip(plan.layers, model.model.layers):
+        kept = layer["attn_kept"]
+        assert layer["attn_units"] == 9 and len(kept) % 3 == 0
+        if kept:
+            m = len(kept) // 3
+            assert [sum(h // 3 == g for h in kept) for g in range(3)] == [m] * 3
+            assert block.self_attn.num_key_value_groups == m and block.self_attn.k_proj.out_features == 3 * 64
+    assert plan.meta["kept_cost"] <= 0.8 * plan.meta["dense_cost"] + 1e-6
+    ids = tokenizer("The tower is 324 metres tall", return_tensors="pt")["input_ids"]
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4

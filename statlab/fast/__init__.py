@@ -19,7 +19,8 @@ both sides). ``__all__`` is the reference's, followed by :data:`FAST_ONLY`;
 Shared, not mirrored: :mod:`statlab.reference.budget` (cost model, layer
 weights, threshold search) works on a few short per-module lists, never on
 activations, so one NumPy implementation serves both backends (see
-:mod:`statlab.reference`). The words (``idx``, ``coef``, ``errors = |R_jj|``,
+:mod:`statlab.reference`); so does :func:`statlab.reference.heads.group_rounds`,
+which orders a few head indices. The words (``idx``, ``coef``, ``errors = |R_jj|``,
 ``residuals``; the pivoted Cholesky's ``pivots = R_jj²``) are listed there too.
 """
 

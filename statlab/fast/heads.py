@@ -66,9 +66,11 @@ def prune_heads_from_gram(G: torch.Tensor, W_out: torch.Tensor, unit_size: int, 
     curve : bool
         Compute the error curve (``residuals``; None otherwise).
     order : Tensor of int64, shape (units,), optional
-        The full unit order of these same data and ``W_out`` from an earlier
-        call (its ``idx`` at ``k = units``): the pivoting is skipped and the
-        result is the same.
+        A unit order to use instead of the pivots': the full order of these
+        same data and ``W_out`` from an earlier call (its ``idx`` at ``k =
+        units``; the result is then the same, the pivoting skipped), or any
+        permutation of the units, e.g. :func:`~statlab.reference.heads.group_rounds`
+        of it. The first ``k`` are kept and the curve runs along it.
 
     Returns
     -------

@@ -81,6 +81,11 @@ class ModuleStats:
     inputs_mean : shape (d,), optional
     heads_per_unit, head_dim : int
         Attention only (1 and 0 for MLPs).
+    groups : int
+        Attention in the query-head view of a GQA layer (``Block.groups``): the
+        KV groups its ``units`` query heads fall in, ``units / groups``
+        consecutive heads each; a selection keeps the same number in every
+        group. 0 otherwise.
     ridge : float
         Relative ridge of least-squares corrections.
     propagated : bool
@@ -141,6 +146,7 @@ class ModuleStats:
     attention: torch.Tensor | None = None
     remeasure: object = field(default=None, repr=False)
     cache: dict = field(default_factory=dict, repr=False)
+    groups: int = 0
 
     def __post_init__(self):
         self.backend = get_backend(self.backend)
@@ -241,9 +247,15 @@ class PruningMethod:
     propagates : bool
         With ``propagate=True``, the pruning pass recomputes each module's
         statistics through the already pruned layers below.
+    attention_units : {"groups", "heads"}
+        What the method's attention units are on a GQA model
+        (:data:`statlab.models.ATTENTION_UNITS`): whole KV groups (default), or
+        query heads within their groups (``ModuleStats.groups``; the sizes must
+        then be multiples of the groups and each group keeps as many heads).
     """
 
     name = ""
+    attention_units = "groups"
     needs = frozenset({"activations"})
     sizes_read_data = False
     sizes_needs = frozenset()

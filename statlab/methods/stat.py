@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from statlab.inputs import check_int
+from statlab.models import check_attention_units
 from statlab.records import ModuleKey
 from statlab.reference import budget as budget_lib
+from statlab.reference.heads import group_rounds
 
 from .base import (
     ModuleStats,
@@ -41,15 +43,27 @@ def prune_module(module: ModuleStats, k: int, *, curve: bool = False, ridge: flo
     reuses it instead of factorising again. Propagated selections get new
     modules, with an empty cache. ``ridge`` (default the module's) is the
     correction's relative ridge.
+
+    Query heads of a GQA layer (``module.groups``) are kept in the pivots'
+    :func:`~statlab.reference.heads.group_rounds`, so that ``k = m · groups``
+    keeps each group's ``m`` best heads; the curve runs along that order.
     """
-    order = module.cache.get("order")
     ridge = module.ridge if ridge is None else ridge
     if module.kind == "attention":
+        order = module.cache.get("order")
+        if module.groups:
+            if "group order" not in module.cache:
+                pivots = module.backend.prune_heads(module.stats, module.W_out, module.unit_size, module.units,
+                                                    curve=False, order=order).idx
+                module.cache["order"] = pivots
+                module.cache["group order"] = torch.as_tensor(group_rounds(pivots.cpu().numpy(), module.groups))
+            order = module.cache["group order"]
         r = module.backend.prune_heads(module.stats, module.W_out, module.unit_size, k, ridge=ridge,
                                        curve=curve, order=order)
     else:
-        r = module.backend.prune_mlp(module.stats, module.W_out, k, ridge=ridge, curve=curve, order=order)
-    if k == module.units:
+        r = module.backend.prune_mlp(module.stats, module.W_out, k, ridge=ridge, curve=curve,
+                                     order=module.cache.get("order"))
+    if k == module.units and not module.groups:
         module.cache["order"] = r.idx
     residuals = None if r.residuals is None else r.residuals.cpu().numpy()
     return r.idx.tolist(), r.weight, residuals
@@ -144,6 +158,18 @@ class Stat(PruningMethod):
         (:func:`~statlab.reference.budget.split_sizes`); ``"proportional"``:
         each family keeps the budget's fraction of its own cost. Only with
         ``sizes="curves"``.
+    attention_units : {"groups", "heads"}
+        A GQA model's attention units: whole KV groups (default, the paper's
+        choice for GQA) or query heads within their groups (``"heads"``;
+        DESIGN §1.3). With heads, every layer keeps the same number ``m`` of
+        query heads in each group (its ``num_key_value_groups`` becomes ``m``)
+        and the key and value maps whole: the ID ranks the heads, the kept
+        ones are each group's ``m`` best (:func:`prune_module`), and each
+        curve holds its error from one multiple of the groups to the next
+        (:func:`~statlab.reference.budget.stepped_curve`), so the threshold
+        gives allowed sizes; the key and value maps are a layer's fixed cost
+        (:class:`~statlab.reference.budget.ModuleCost`). Models without GQA
+        are the same either way. Not with ``sizes="uniform"``.
     intercept : bool
         Fit each correction with an intercept: the error curves, the ID and the
         least squares on the centred activations :func:`centred`, and the
@@ -157,8 +183,12 @@ class Stat(PruningMethod):
     propagates = True
 
     def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed",
-                 dense_target=0.0, intercept=False, split=None):
+                 dense_target=0.0, intercept=False, split=None, attention_units="groups"):
         super().__init__(seed=seed, ridge=ridge)
+        self.attention_units = check_attention_units(attention_units)
+        if self.attention_units == "heads" and sizes == "uniform":
+            raise ValueError("uniform sizes keep a fraction of every module, which a GQA layer's query heads "
+                             "cannot follow (multiples of its groups): use sizes='curves' with attention_units='heads'")
         if split is not None and split != "proportional" and (
                 isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= float(split) <= 1.0):
             raise ValueError(f"split must be None, 'proportional' or a share in [0, 1], got {split!r}")
@@ -197,6 +227,7 @@ class Stat(PruningMethod):
             if self.split is not None else []
         off += [f"dense target {self.dense_target:g}"] if self.dense_target else []
         off += ["intercept"] if self.intercept else []
+        off += ["query heads"] if self.attention_units == "heads" else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
@@ -206,6 +237,7 @@ class Stat(PruningMethod):
         stats = [centred(m) for m in stats] if self.intercept else stats
         cost_list = [costs[k] for k in keys]
         curves = [prune_module(m, m.units, curve=True)[2] for m in stats]
+        curves = [budget_lib.stepped_curve(c, m.groups) if m.groups else c for c, m in zip(curves, stats)]
         if self.size_rule == "uniform":
             sizes, info = budget_lib.uniform_sizes(cost_list, fraction), {"sizes": "uniform"}
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Adapter, Block
+from .base import ATTENTION_UNITS, Adapter, Block, check_attention_units
 from .bert import BertAdapter
 from .distilbert import DistilBertAdapter
 from .llama import LlamaAdapter
@@ -29,4 +29,4 @@ def get_adapter(model) -> Adapter:
     return ADAPTERS[model_type]()
 
 
-__all__ = ["Adapter", "Block", "get_adapter", "UnsupportedModelError", "ADAPTERS", "DECODER_TYPES"]
+__all__ = ["Adapter", "Block", "ATTENTION_UNITS", "check_attention_units", "get_adapter", "UnsupportedModelError", "ADAPTERS", "DECODER_TYPES"]

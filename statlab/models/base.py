@@ -16,7 +16,8 @@ Adding a model family
 3. Implement the five abstract methods: :meth:`~Adapter.layers_path`,
    :meth:`~Adapter.hidden_size`, :meth:`~Adapter.blocks` (one :class:`Block`
    per layer, every field read from the modules' current shapes, so pruned
-   models are described as they are), :meth:`~Adapter.set_units` and
+   models are described as they are; check ``attention_units`` with
+   :func:`check_attention_units`), :meth:`~Adapter.set_units` and
    :meth:`~Adapter.remove_attention` (with :class:`ZeroAttention`). A subclass
    missing one cannot be instantiated.
 4. Register it: add the class to the tuple in ``statlab/models/__init__.py``;
@@ -85,6 +86,13 @@ class Block:
         pruning keeps them, and no flag describes them.
     heads_per_unit : int
         Query heads per unit (1 for MHA).
+    groups : int
+        0 when a unit is a whole KV group (or an MHA head). In the query-head
+        view of a GQA layer (``Adapter.blocks(model, attention_units="heads")``)
+        the number of KV groups the query-head units fall in: ``attn_in`` then
+        holds the query map alone (the key and value maps are kept whole while
+        any head is left, and cost :func:`statlab.costs.module_costs`'s fixed
+        share), and a layer keeps the same number of query heads in every group.
     """
 
     index: int
@@ -101,6 +109,18 @@ class Block:
     attn_bias: bool
     mlp_bias: bool
     heads_per_unit: int = 1
+    groups: int = 0
+
+
+ATTENTION_UNITS = ("groups", "heads")
+"""What an attention unit is: a whole KV group (an MHA head; the default) or a query head within its group."""
+
+
+def check_attention_units(attention_units) -> str:
+    """``attention_units`` if it is one of :data:`ATTENTION_UNITS`, else a ValueError naming them."""
+    if attention_units not in ATTENTION_UNITS:
+        raise ValueError(f"attention_units must be one of {ATTENTION_UNITS}, got {attention_units!r}")
+    return attention_units
 
 
 class ZeroAttention(nn.Module):
@@ -164,8 +184,12 @@ class Adapter(ABC):
         """Width ``d`` of the residual stream: the output features of ``attn_out`` and ``mlp_out``."""
 
     @abstractmethod
-    def blocks(self, model) -> list[Block]:
+    def blocks(self, model, attention_units: str = "groups") -> list[Block]:
         """One :class:`Block` per transformer layer, in order, read from the current shapes.
+
+        ``attention_units`` (:data:`ATTENTION_UNITS`): ``"heads"`` describes
+        each GQA layer with its query heads as units (``Block.groups``);
+        families without GQA return the same blocks for both.
 
         Returns
         -------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Adapter, Block, ZeroAttention
+from .base import Adapter, Block, ZeroAttention, check_attention_units
 
 
 def _encoder_prefix(model):
@@ -12,7 +12,8 @@ def _encoder_prefix(model):
 class BertAdapter(Adapter):
     model_types = ("bert",)
 
-    def blocks(self, model):
+    def blocks(self, model, attention_units="groups"):
+        check_attention_units(attention_units)  # MHA: a head is its own group, one view
         c = model.config
         head_dim = c.hidden_size // c.num_attention_heads
         prefix = _encoder_prefix(model)

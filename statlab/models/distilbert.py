@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .base import Adapter, Block, ZeroAttention
+from .base import Adapter, Block, ZeroAttention, check_attention_units
 
 
 class DistilBertAdapter(Adapter):
     model_types = ("distilbert",)
 
-    def blocks(self, model):
+    def blocks(self, model, attention_units="groups"):
+        check_attention_units(attention_units)  # MHA: a head is its own group, one view
         c = model.config
         head_dim = c.dim // c.n_heads
         prefix = self.layers_path(model).rsplit(".", 1)[0]
