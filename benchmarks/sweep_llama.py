@@ -3,7 +3,8 @@
 Calibration: ``--windows`` windows of ``--window`` tokens from WikiText-2
 validation; evaluation: the first whole test windows up to ``--max-tokens``,
 or with ``--eval validation`` the first validation windows calibration did not
-draw (where defaults are chosen). ``--ridges`` gives STAT's correction ridges
+draw (where defaults are chosen); ``--text-file`` adds a second corpus's first
+windows (``benchmarks/second_corpus.py`` writes one). ``--ridges`` gives STAT's correction ridges
 (``gcv``: chosen per module by generalised cross-validation).
 Example (the README's SmolLM2 table):
 
@@ -46,6 +47,8 @@ def main() -> None:
                         help="STAT's attention units to run: groups (whole KV groups), heads (query heads) or groups,heads")
     parser.add_argument("--eval", default="test", choices=["test", "validation"],
                         help="test windows, or validation windows calibration did not draw")
+    parser.add_argument("--text-file", help="a second corpus (.txt or .jsonl, e.g. benchmarks/second_corpus.py's): "
+                                            "every model's perplexity on its first whole windows up to --max-tokens too")
     parser.add_argument("--plot", help="save a perplexity-vs-sparsity plot here")
     args = parser.parse_args()
 
@@ -68,9 +71,20 @@ def main() -> None:
     else:
         test = token_windows(tokenizer, "test", window=args.window, max_tokens=args.max_tokens)
 
+    second = None
+    if args.text_file:
+        from statlab.corpora import read_file, text_windows
+
+        corpus = read_file(args.text_file)
+        second = text_windows(tokenizer, corpus.text, window=args.window, max_tokens=args.max_tokens,
+                              name=args.text_file)
+
     def evaluate(model):
-        return {**perplexity(model, test, disable_progress=True), "macs": block_macs(model, args.window),
-                "params": count_parameters(model)}
+        row = {**perplexity(model, test, disable_progress=True), "macs": block_macs(model, args.window),
+               "params": count_parameters(model)}
+        if second is not None:
+            row["text_file"] = perplexity(model, second, disable_progress=True)
+        return row
 
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
@@ -96,6 +110,8 @@ def main() -> None:
                 results.append(row)
     machine = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
     document = {"sweep": vars(args), "calibration": calib, "machine": machine, "results": results}
+    if args.text_file:
+        document["text_file"] = corpus.source
     print(json.dumps(document, indent=1))
     if args.plot:
         plot(document, args.plot)

@@ -183,3 +183,26 @@ def test_other_options_combine_with_query_heads(options):
     assert plan.meta["kept_cost"] <= 0.7 * plan.meta["dense_cost"] + 1e-6
     assert all(len(l["attn_kept"]) % 2 == 0 for l in plan.layers)
     assert torch.isfinite(logits(model, windows(1, seed=2)[0]["input_ids"])).all()
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("kv_heads,keep", [(3, 3), (2, 4)])
+def test_dropped_heads_are_the_dense_model_without_them(attn, kv_heads, keep):
+    """Without the correction, a pruned layer is the dense layer with the dropped heads' ``W_O`` columns zeroed."""
+    dense = tiny_llama(kv_heads=kv_heads, heads=6)
+    dense.set_attn_implementation(attn)
+    sizes = {(i, kind): (keep if i == 1 else 6) if kind == "attention" else 48 for i in range(3)
+             for kind in ("attention", "mlp")}
+    model = copy.deepcopy(dense)
+    plan = statlab.prune(model, windows(), sparsity=0.0, method=heads_stat(sizes=sizes, correction=False),
+                         base="tiny")
+    kept = plan.layers[1]["attn_kept"]
+    per_group = 6 // kv_heads
+    assert len(kept) == keep and sorted(h // per_group for h in kept) == sorted(list(range(kv_heads)) * (keep // kv_heads))
+    masked = copy.deepcopy(dense)
+    o_proj = masked.model.layers[1].self_attn.o_proj
+    with torch.no_grad():
+        for h in set(range(6)) - set(kept):
+            o_proj.weight[:, h * 8:(h + 1) * 8] = 0
+    ids = windows(1, seed=4)[0]["input_ids"]
+    torch.testing.assert_close(logits(model, ids), logits(masked, ids), rtol=1e-5, atol=1e-5)
