@@ -30,8 +30,7 @@ from .costs import module_costs
 from .fast.gram import accumulation_dtype
 from .inputs import (CalibrationError, NonFiniteWeightError, check_calibration, check_finite_parameters,
                      check_int, check_real, check_ridge, eval_mode)
-from .methods import ModuleStats, PruningMethod, Selection, get_method
-from .methods.base import unit_columns
+from .methods import ModuleStats, PruningMethod, Selection, get_method, unit_columns
 from .models import check_attention_units, get_adapter
 from .offload import check_placement, execution_device, input_device, is_dispatched, resident, streamed
 from .plan import (PruningPlan, apply_selection, config_hash, head_layout_problem, selection_tensors,
@@ -424,15 +423,16 @@ def _grouped(selection: Selection, block, method) -> Selection:
     ``p // m`` (``m`` heads kept per group), so the kept heads must come in
     their groups' order, ``m`` of each: :class:`SelectionError` otherwise.
     """
-    problem = head_layout_problem(sorted(selection.units), block)  # the counts per group; the order is made here
+    position = sorted(range(len(selection.units)), key=lambda i: selection.units[i])  # ascending heads
+    units = [selection.units[i] for i in position]
+    problem = head_layout_problem(units, block)  # the counts per group; the order is made here
     if problem:
         raise SelectionError(f"method {method!r}, layer {block.index} attention: {problem}")
     if selection.w_in_rows is not None:
         raise SelectionError(f"method {method!r}, layer {block.index} attention: query heads as units keep "
                              "their input rows (a refit of W_Q, W_K, W_V is for whole groups)")
-    position = sorted(range(len(selection.units)), key=lambda i: selection.units[i])
     columns = unit_columns(position, block.unit_size).to(selection.w_out.device)
-    return Selection(sorted(selection.units), selection.w_out[:, columns], selection.b_out, None)
+    return Selection(units, selection.w_out[:, columns], selection.b_out, None)
 
 
 def _finite_output_map(selection: Selection, dtype, block, part) -> Selection:
