@@ -38,6 +38,10 @@ def main() -> None:
     parser.add_argument("--splits", default="none",
                         help="STAT's budget splits between the families: none (one threshold), proportional, or shares of the "
                              "removed cost taken from attention (Stat(split=...))")
+    parser.add_argument("--weightings", default="1",
+                        help="STAT's layer weighting of the error curves: 1 (the post-LN depth weights), 0 (none) or 1,0")
+    parser.add_argument("--orders", default="joint",
+                        help="STAT's orders (Stat(order=...)): joint, 'neurons first' or both, comma-separated")
     parser.add_argument("--half", default="report", choices=["tune", "report"])
     parser.add_argument("--model", default="minilm")
     args = parser.parse_args()
@@ -60,12 +64,14 @@ def main() -> None:
         for size in map(int, args.sizes.split(",")):
             batches, calib = calibration_batches(tokenizer, "stsb", size=size, source=source)
             for method in args.methods.split(","):
-                stat_grid = [(r, float(t), bool(int(c)), split_option(x)) for r in args.ridges.split(",")
-                             for t in args.dense_targets.split(",") for x in args.splits.split(",")
-                             for c in args.intercepts.split(",")]
-                for ridge, target, intercept, split in stat_grid if method == "stat" else [("0", 0.0, False, None)]:
+                stat_grid = [(r, float(t), bool(int(c)), split_option(x), bool(int(w)), o)
+                             for r in args.ridges.split(",") for t in args.dense_targets.split(",")
+                             for x in args.splits.split(",") for c in args.intercepts.split(",")
+                             for w in args.weightings.split(",") for o in args.orders.split(",")]
+                for ridge, target, intercept, split, weighting, order in stat_grid if method == "stat" else \
+                        [("0", 0.0, False, None, True, "joint")]:
                     chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
-                                                     split=split)
+                                                     split=split, weighting=weighting, order=order)
                     ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
                     for budget in map(float, args.budgets.split(",")):
                         model = copy.deepcopy(dense)
@@ -76,7 +82,7 @@ def main() -> None:
                         seconds = time.perf_counter() - start
                         row = {"method": method, "budget": budget, "source": source, "calibration_size": size,
                                "calibration_tokens": calib["tokens"], "ridge": ridge, "dense_target": target, "intercept": intercept,
-                               "split": split,
+                               "split": split, "weighting": weighting, "order": order,
                                "metrics": stsb_spearman(model, tokenizer, half=args.half, disable_progress=True),
                                "macs": block_macs(model, EVAL_SEQ_LEN), "dense_macs": block_macs(dense, EVAL_SEQ_LEN),
                                "kept": plan.kept_fraction(), "prune_seconds": round(seconds, 1)}

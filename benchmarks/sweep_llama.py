@@ -47,6 +47,8 @@ def main() -> None:
                         help="STAT's layer weighting of the error curves: 1 (the pre-LN pivot trend), 0 (none) or 1,0")
     parser.add_argument("--attention-units", default="groups",
                         help="STAT's attention units to run: groups (whole KV groups), heads (query heads) or groups,heads")
+    parser.add_argument("--orders", default="joint",
+                        help="STAT's orders (Stat(order=...)): joint, 'neurons first' or both, comma-separated")
     parser.add_argument("--eval", default="test", choices=["test", "validation"],
                         help="test windows, or validation windows calibration did not draw")
     parser.add_argument("--text-file", help="a second corpus (.txt or .jsonl, e.g. benchmarks/second_corpus.py's): "
@@ -91,14 +93,14 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u, bool(int(w))) for r in args.ridges.split(",")
+        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u, bool(int(w)), o) for r in args.ridges.split(",")
                      for t in args.dense_targets.split(",") for x in args.splits.split(",")
                      for c in args.intercepts.split(",") for u in args.attention_units.split(",")
-                     for w in args.weightings.split(",")]
-        for ridge, target, intercept, split, units, weighting in stat_grid if method == "stat" else \
-                [("0", 0.0, False, None, "groups", True)]:
+                     for w in args.weightings.split(",") for o in args.orders.split(",")]
+        for ridge, target, intercept, split, units, weighting, order in stat_grid if method == "stat" else \
+                [("0", 0.0, False, None, "groups", True, "joint")]:
             chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
-                                             split=split, attention_units=units, weighting=weighting)
+                                             split=split, attention_units=units, weighting=weighting, order=order)
             ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
             for sparsity in map(float, args.sparsities.split(",")):
                 model = copy.deepcopy(dense)
@@ -106,7 +108,8 @@ def main() -> None:
                 plan = statlab.prune(model, batches, sparsity=sparsity, method=chosen, seq_len=args.window,
                                      ridge=fixed, base=args.model)
                 row = {"method": method, "ridge": ridge, "dense_target": target, "intercept": intercept,
-                       "split": split, "attention_units": units, "weighting": weighting, "sparsity": sparsity,
+                       "split": split, "attention_units": units, "weighting": weighting, "order": order,
+                       "sparsity": sparsity,
                        "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
                        **evaluate(model)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -133,18 +136,19 @@ def plot(document, path):
     ax.axhline(dense["perplexity"], color="gray", ls="--", label=f"dense {dense['perplexity']:.1f}")
     def run(r):
         return (r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0), r.get("intercept", False), r.get("split"),
-                r.get("attention_units", "groups"), r.get("weighting", True))
+                r.get("attention_units", "groups"), r.get("weighting", True), r.get("order", "joint"))
 
     runs = dict.fromkeys(run(r) for r in document["results"] if r["method"] != "dense")
     for key in runs:
-        method, ridge, target, intercept, split, units, weighting = key
+        method, ridge, target, intercept, split, units, weighting, order = key
         rows = [r for r in document["results"] if run(r) == key]
         alone = len({k[0] for k in runs if k[0] == method}) == 1
-        plain = ridge in (0, 0.0) and not target and not intercept and split is None and units == "groups" and weighting
+        plain = ridge in (0, 0.0) and not target and not intercept and split is None and units == "groups" \
+            and weighting and order == "joint"
         label = method if alone and plain else \
             f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "") + (" intercept" * intercept) \
             + (f" split {split}" if split is not None else "") + (" query heads" if units == "heads" else "") \
-            + ("" if weighting else " unweighted")
+            + ("" if weighting else " unweighted") + ("" if order == "joint" else f" {order}")
         ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")

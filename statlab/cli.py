@@ -37,6 +37,7 @@ METHOD_NAMES = ("stat", "goa", "slimllm", "kwon", "flap", "activation", "magnitu
 DTYPES = ("float32", "bfloat16", "float16")
 GRAM_PRECISIONS = ("fp64", "fp32", "tf32")  # statlab.fast.gram.PRECISIONS
 ATTENTION_UNITS = ("groups", "heads")  # statlab.models.ATTENTION_UNITS
+ORDERS = ("joint", "neurons first")  # statlab.methods.stat.ORDERS
 
 
 def _report(args):
@@ -56,7 +57,7 @@ def run_prune(args) -> dict:
     device, dtype = _hardware(args)  # a machine without the device is told before any work
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
     method, ridge = statlab.methods.method_and_ridge(args.method, args.ridge, seed=args.seed,  # stat only
-                                                     attention_units=args.attention_units)
+                                                     attention_units=args.attention_units, order=args.order)
     corpus = _calibration_corpus(args)  # a bad file is refused before the model loads
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
@@ -435,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-units", choices=ATTENTION_UNITS, default="groups",
                    help="a GQA model's attention units: whole KV groups (default) or query heads, the same number "
                         "kept in every group of a layer (stat only)")
+    p.add_argument("--order", choices=tuple(ORDERS), default="joint",
+                   help="joint: heads and neurons sized by one threshold and pruned in one pass (default); "
+                        "'neurons first': the MLPs pruned first, then the heads measured again on that model and "
+                        "sized with what is left of the budget (stat only)")
     p.add_argument("--precision", choices=GRAM_PRECISIONS, default="fp64",
                    help="accumulation of the Grams: fp64 (default; CPU, A100/H100/H200), fp32, or tf32 (TF32 tensor "
                         "cores on CUDA)")

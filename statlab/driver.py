@@ -193,21 +193,35 @@ def prune(model, calibration, *, mac_fraction=None, sparsity=None, backend="fast
     costs = dict(zip(keys, (c for pair in module_costs(model, adapter, blocks, config.cost_kind, config.seq_len)
                             for c in pair)))
     on_demand = streamed(model, device, offload)
+    phases = _check_phases(pruner)
     with eval_mode(model), on_demand:
         run = _Run(model, adapter, blocks, calibration, pruner, config, _PhaseClock(model))
         with run.clock("prepare"):
             pruner.prepare(model, adapter, blocks, calibration)
-        modules = run.dense_modules(keys)
-        with run.clock("sizes"):
-            choice = pruner.sizes(modules, costs, config.fraction, adapter)
-            try:
-                choice = choice.keyed(keys)
-            except ValueError as e:
-                raise SelectionError(f"method {config.method!r}: {e}") from None
-            _check_group_sizes(choice.sizes, blocks, config.method)
-        meta.update(choice.info)
-        records, tensors = run.prune_blocks(choice, modules if not run.propagate else None, costs)
-    sizes = [choice.sizes[k] for k in keys]
+        sizes, curves, kept, tensors, infos = {}, {}, {}, {}, []
+        for position, kinds in enumerate(phases):
+            # the first phase's sizes are drawn over every module; a later phase re-measures its own modules
+            # on the model the earlier phases pruned and gets what they left of the budget
+            sizing = keys if position == 0 else [k for k in keys if k.kind in kinds]
+            fraction = config.fraction if position == 0 else _remaining_fraction(config.fraction, sizes, costs, sizing)
+            modules = run.dense_modules(sizing)
+            choice = run.choose_sizes(modules, {k: costs[k] for k in sizing}, fraction)
+            phase_keys = [k for k in sizing if k.kind in kinds]
+            sizes.update({k: choice.sizes[k] for k in phase_keys})
+            curves.update({k: (choice.curves or {}).get(k) for k in phase_keys})
+            infos.append({"kinds": list(kinds), "fraction": fraction, **choice.info})
+            kept_now, tensors_now = run.prune_blocks(choice.sizes, modules if not run.propagate else None, kinds)
+            kept.update(kept_now)
+            tensors.update(tensors_now)
+        if len(phases) == 1:
+            meta.update(choice.info)
+        else:
+            meta["phases"] = infos
+    records = [LayerRecord(b.index, b.units, kept[ModuleKey(b.index, "attention")],
+                           costs[ModuleKey(b.index, "mlp")].units, kept[ModuleKey(b.index, "mlp")],
+                           _curve(curves.get(ModuleKey(b.index, "attention"))),
+                           _curve(curves.get(ModuleKey(b.index, "mlp")))) for b in blocks]
+    sizes = [sizes[k] for k in keys]
     cost_list = [costs[k] for k in keys]
     meta.update({
         "kept_cost": budget_lib.total_cost(sizes, cost_list),
@@ -242,7 +256,10 @@ class _Run:
         self.pass_cache = {"cached": 0, "rerun": 0}  # modules whose pruned output came from their cached input
 
     def dense_modules(self, keys) -> dict:
-        """``{key: ModuleStats}`` of the dense model; the statistics only where a step reads them."""
+        """``{key: ModuleStats}`` of the model as it stands (dense, or as the earlier phases left it).
+
+        The statistics only where a step reads them.
+        """
         pruner, config = self.pruner, self.config
         needs = set(pruner.needs) if not self.propagate else set()
         if pruner.sizes_read_data:
@@ -257,7 +274,9 @@ class _Run:
                 # With propagation the dense pass only draws the sizes: fp32 Grams
                 # (floor ~3e-4 relative) are ample for that and cost less than fp64.
                 precision = "fp32" if self.propagate and config.precision == "fp64" else config.precision
-                captured = capture(self.model, self.calibration, _targets(self.blocks, needs),
+                kinds = {k.kind for k in keys}  # a later phase's pass reads its own family only
+                only = next(iter(kinds)) if len(kinds) == 1 else None
+                captured = capture(self.model, self.calibration, _targets(self.blocks, needs, only),
                                    backend=config.backend, desc="dense pass", precision=precision,
                                    similarity_of=self.adapter.layers_path(self.model) if similarity else None,
                                    attention_of={str(ModuleKey(b.index, "attention")): b.attention
@@ -277,8 +296,19 @@ class _Run:
     def block_path(self, block) -> str:
         return f"{self.adapter.layers_path(self.model)}.{block.index}"
 
-    def prune_blocks(self, choice, modules, costs):
-        """Prune every block bottom-up at ``choice``'s sizes: ``(list of LayerRecord, plan tensors)``.
+    def choose_sizes(self, modules, costs, fraction):
+        """The method's :class:`~statlab.methods.SizeChoice` over exactly the keys of ``costs``, checked."""
+        with self.clock("sizes"):
+            choice = self.pruner.sizes(modules, costs, fraction, self.adapter)
+            try:
+                choice = choice.keyed(list(costs))
+            except ValueError as e:
+                raise SelectionError(f"method {self.config.method!r}: {e}") from None
+            _check_group_sizes(choice.sizes, self.blocks, self.config.method)
+        return choice
+
+    def prune_blocks(self, sizes, modules, kinds=KINDS):
+        """Prune the ``kinds`` of every block bottom-up at ``sizes``: ``({key: kept units}, plan tensors)``.
 
         ``modules``: the dense pass's, reused for the selections (one-pass), or None (propagated).
         """
@@ -287,29 +317,25 @@ class _Run:
         # the dense model's activations beside the propagated ones, for methods fitting to the dense outputs
         self.dense = DenseStream(self.model, layers_path) if self.propagate and "dense_outputs" in self.pruner.needs \
             else None
-        records, tensors = [], {}
+        kept, tensors = {}, {}
         for position, b in enumerate(tqdm(self.blocks, desc=f"prune ({self.config.method})", leave=False,
                                           disable=None)):
             # offloaded blocks: this one (rewritten) and the one below (whose pruned outputs it replays) stay put
             below = [self.block_path(self.blocks[position - 1])] if position else []
             with resident(self.model, below), resident(self.model, [self.block_path(b)], write=True):
-                kept = self._prune_block(b, choice, modules, replay, tensors)
-            curves = choice.curves or {}
+                kept.update(self._prune_block(b, sizes, modules, replay, tensors, kinds))
+        return kept, tensors
 
-            def curve(kind):
-                c = curves.get(ModuleKey(b.index, kind))
-                return None if c is None else tuple(float(x) for x in c)
+    def _prune_block(self, b, sizes, modules, replay, tensors, kinds) -> dict:
+        """Select and rewrite ``b``'s ``kinds`` (attention before MLP); the plan's tensors go into ``tensors``.
 
-            records.append(LayerRecord(b.index, b.units, kept["attention"], costs[ModuleKey(b.index, "mlp")].units,
-                                       kept["mlp"], curve("attention"), curve("mlp")))
-        return records, tensors
-
-    def _prune_block(self, b, choice, modules, replay, tensors) -> dict:
-        """Select and rewrite ``b``'s attention, then its MLP; the plan's tensors go into ``tensors``; ``{kind: kept}``."""
+        Returns ``{key: kept units}``.
+        """
         kept = {}
         if self.dense is not None:
             self.dense.begin(b.index)  # a dense copy of the block, before its surgery
-        for kind in KINDS:
+        kinds = [k for k in KINDS if k in kinds]
+        for kind in kinds:
             key = ModuleKey(b.index, kind)
             inputs = None
             with self.clock("capture"):
@@ -318,15 +344,15 @@ class _Run:
                     keep = [str(key)] if str(key) in targets and self._cacheable(b, kind, targets[str(key)]) else []
                     captured = replay.capture(self.calibration, b, targets, backend=self.config.backend,
                                               precision=self.config.precision, desc=str(key), keep=keep,
-                                              dense=self.dense, record_dense=kind == "mlp")
+                                              dense=self.dense, record_dense=kind == kinds[-1])
                     inputs = captured.pop("kept", {}).get(str(key))
                     module = _module(self.model, b, kind, captured, self.config.backend, self.config.ridge,
                                      propagated=True, remeasure=self._remeasure(b, kind, replay))
                 else:
                     module = modules.pop(key)
             with self.clock("selection"):
-                selection = _checked_selection(self.pruner.select(module, choice.sizes[key]), module,
-                                               choice.sizes[key], self.config.method)
+                selection = _checked_selection(self.pruner.select(module, sizes[key]), module, sizes[key],
+                                               self.config.method)
                 selection = _finite_output_map(selection, self.dtype, b, kind)
                 if kind == "attention" and b.groups:
                     selection = _grouped(selection, b, self.config.method)
@@ -339,7 +365,7 @@ class _Run:
                     replay.stand_in(b, kind, inputs, selection.units)
                 self.pass_cache["cached" if cached else "rerun"] += 1
             del inputs
-            kept[kind] = tuple(selection.units)
+            kept[key] = tuple(selection.units)
             tensors.update(selection_tensors(key, selection))
         return kept
 
@@ -407,10 +433,36 @@ def _checked_selection(selection, module: ModuleStats, k: int, method: str) -> S
     return Selection(units, selection.w_out, selection.b_out, rows)
 
 
+def _check_phases(pruner) -> tuple:
+    """The method's :attr:`~statlab.methods.PruningMethod.phases`, checked: each kind in exactly one phase."""
+    phases = tuple(tuple(kinds) for kinds in getattr(pruner, "phases", (KINDS,)))
+    named = [kind for kinds in phases for kind in kinds]
+    if not phases or any(not kinds for kinds in phases) or sorted(named) != sorted(KINDS):
+        raise ValueError(f"method {pruner.label!r}: phases must name each of {KINDS} once, got {phases}")
+    return phases
+
+
+def _remaining_fraction(fraction, sizes, costs, keys) -> float:
+    """The fraction of ``keys``' dense cost that the budget leaves them once the modules in ``sizes`` are sized.
+
+    ``(μ D − Σ_{i ∈ sizes} cost_i(k_i)) / D_keys``, with ``D`` the dense cost of
+    every module in ``costs``; clipped to ``[0, 1]``.
+    """
+    dense = budget_lib.total_cost([c.units for c in costs.values()], list(costs.values()))
+    fixed = budget_lib.total_cost(list(sizes.values()), [costs[k] for k in sizes])
+    own = budget_lib.total_cost([costs[k].units for k in keys], [costs[k] for k in keys])
+    return float(min(1.0, max(0.0, (fraction * dense - fixed) / own)))
+
+
+def _curve(curve):
+    """A residual curve as the plan's record holds it (a tuple of floats), or None."""
+    return None if curve is None else tuple(float(x) for x in curve)
+
+
 def _check_group_sizes(sizes, blocks, method) -> None:
     """:class:`SelectionError` unless every query-head module's size is a multiple of its groups."""
     for b in blocks:
-        k = sizes[ModuleKey(b.index, "attention")]
+        k = sizes.get(ModuleKey(b.index, "attention"), 0)
         if b.groups and k % b.groups:
             raise SelectionError(f"method {method!r}, layer {b.index} attention: {k} query heads cannot be "
                                  f"kept alike in {b.groups} KV groups (a multiple of {b.groups} is needed)")

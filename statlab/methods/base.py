@@ -24,7 +24,7 @@ import torch
 from statlab.backends import Backend, get_backend
 from statlab.fast.id import interpolation_coefficients, solve_psd
 from statlab.inputs import check_int, check_ridge
-from statlab.records import ModuleKey
+from statlab.records import KINDS, ModuleKey
 from statlab.reference import budget as budget_lib
 
 NEEDS = frozenset({"activations", "inputs", "dense_outputs"})
@@ -252,10 +252,19 @@ class PruningMethod:
         (:data:`statlab.models.ATTENTION_UNITS`): whole KV groups (default), or
         query heads within their groups (``ModuleStats.groups``; the sizes must
         then be multiples of the groups and each group keeps as many heads).
+    phases : tuple of tuple of str
+        The order the families are pruned in (each of ``"attention"``, ``"mlp"``
+        in exactly one phase). One phase (default): every module's size from one
+        :meth:`sizes` on the dense pass, then one bottom-up pass. Several: the
+        first phase's sizes come from :meth:`sizes` over every module, but only
+        its families are pruned; each later phase measures its own modules again
+        on the model the earlier phases left (a new dense pass), and sizes them
+        with what those left of the budget.
     """
 
     name = ""
     attention_units = "groups"
+    phases = (KINDS,)
     needs = frozenset({"activations"})
     sizes_read_data = False
     sizes_needs = frozenset()

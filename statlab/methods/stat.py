@@ -18,7 +18,7 @@ import torch
 
 from statlab.inputs import check_int
 from statlab.models import check_attention_units
-from statlab.records import ModuleKey
+from statlab.records import KINDS, ModuleKey
 from statlab.reference import budget as budget_lib
 from statlab.reference.heads import group_rounds
 
@@ -32,6 +32,10 @@ from .base import (
     unit_columns,
     unit_energies,
 )
+
+
+ORDERS = {"joint": (KINDS,), "neurons first": (("mlp",), ("attention",))}
+"""``Stat(order=...)``: its :attr:`~statlab.methods.PruningMethod.phases`."""
 
 
 def prune_module(module: ModuleStats, k: int, *, curve: bool = False, ridge: float | None = None):
@@ -176,6 +180,17 @@ class Stat(PruningMethod):
         dropped units' mean contribution folded into the output map's bias
         (:func:`intercept_bias`; a map without a bias gets one, recorded in the
         plan). Not with ``dense_target``.
+    order : {"joint", "neurons first"}
+        When each family is pruned. ``"joint"`` (default): heads and neurons
+        in one bottom-up pass, both sized by one threshold on the dense model's
+        curves. ``"neurons first"`` (the authors' order): the threshold over
+        both families sets the MLP sizes and every MLP is pruned (bottom-up,
+        corrected); then the heads are measured again on that corrected model,
+        their curves drawn anew and sized by a threshold of their own on what
+        the MLPs left of the budget, and pruned in a second bottom-up pass
+        (:attr:`~statlab.methods.PruningMethod.phases`). Only with
+        ``sizes="curves"``; not with ``dense_target`` (whose dense model would
+        be the half-pruned one in the second pass).
     """
 
     name = "stat"
@@ -183,8 +198,14 @@ class Stat(PruningMethod):
     propagates = True
 
     def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed",
-                 dense_target=0.0, intercept=False, split=None, attention_units="groups"):
+                 dense_target=0.0, intercept=False, split=None, attention_units="groups", order="joint"):
         super().__init__(seed=seed, ridge=ridge)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {tuple(ORDERS)}, got {order!r}")
+        self.order, self.phases = order, ORDERS[order]
+        if order != "joint" and (sizes != "curves" or dense_target):
+            raise ValueError(f"order={order!r} sizes the second family from curves measured anew: it needs "
+                             "sizes='curves' and dense_target=0")
         self.attention_units = check_attention_units(attention_units)
         if self.attention_units == "heads" and sizes == "uniform":
             raise ValueError("uniform sizes keep a fraction of every module, which a GQA layer's query heads "
@@ -228,6 +249,7 @@ class Stat(PruningMethod):
         off += [f"dense target {self.dense_target:g}"] if self.dense_target else []
         off += ["intercept"] if self.intercept else []
         off += ["query heads"] if self.attention_units == "heads" else []
+        off += [order] if order != "joint" else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
