@@ -20,6 +20,11 @@ import sys
 import time
 
 
+def weighting_option(text: str):
+    """``Stat(weighting=...)`` of a ``--weightings`` entry: 1 (the model's rule), 0 (none), depth or trend."""
+    return {"1": True, "0": False}.get(text, text)
+
+
 def split_option(text: str):
     """``Stat(split=...)`` of a ``--splits`` entry: ``none`` (the paper's one threshold), ``proportional`` or a share."""
     return None if text == "none" else text if text == "proportional" else float(text)
@@ -39,7 +44,8 @@ def main() -> None:
                         help="STAT's budget splits between the families: none (one threshold), proportional, or shares of the "
                              "removed cost taken from attention (Stat(split=...))")
     parser.add_argument("--weightings", default="1",
-                        help="STAT's layer weighting of the error curves: 1 (the post-LN depth weights), 0 (none) or 1,0")
+                        help="STAT's layer weightings of the error curves, comma-separated: 1 (the post-LN depth weights), 0 (none), "
+                             "depth or trend (Stat(weighting=...))")
     parser.add_argument("--orders", default="joint",
                         help="STAT's orders (Stat(order=...)): joint, 'neurons first' or both, comma-separated")
     parser.add_argument("--half", default="report", choices=["tune", "report"])
@@ -64,7 +70,7 @@ def main() -> None:
         for size in map(int, args.sizes.split(",")):
             batches, calib = calibration_batches(tokenizer, "stsb", size=size, source=source)
             for method in args.methods.split(","):
-                stat_grid = [(r, float(t), bool(int(c)), split_option(x), bool(int(w)), o)
+                stat_grid = [(r, float(t), bool(int(c)), split_option(x), weighting_option(w), o)
                              for r in args.ridges.split(",") for t in args.dense_targets.split(",")
                              for x in args.splits.split(",") for c in args.intercepts.split(",")
                              for w in args.weightings.split(",") for o in args.orders.split(",")]

@@ -23,6 +23,11 @@ import sys
 import time
 
 
+def weighting_option(text: str):
+    """``Stat(weighting=...)`` of a ``--weightings`` entry: 1 (the model's rule), 0 (none), depth or trend."""
+    return {"1": True, "0": False}.get(text, text)
+
+
 def split_option(text: str):
     """``Stat(split=...)`` of a ``--splits`` entry: ``none`` (the paper's one threshold), ``proportional`` or a share."""
     return None if text == "none" else text if text == "proportional" else float(text)
@@ -44,7 +49,8 @@ def main() -> None:
                         help="STAT's budget splits between the families: none (one threshold), proportional, or shares of the "
                              "removed cost taken from attention (Stat(split=...))")
     parser.add_argument("--weightings", default="1",
-                        help="STAT's layer weighting of the error curves: 1 (the pre-LN pivot trend), 0 (none) or 1,0")
+                        help="STAT's layer weightings of the error curves, comma-separated: 1 (the pre-LN pivot trend), 0 (none), "
+                             "depth or trend (Stat(weighting=...))")
     parser.add_argument("--attention-units", default="groups",
                         help="STAT's attention units to run: groups (whole KV groups), heads (query heads) or groups,heads")
     parser.add_argument("--orders", default="joint",
@@ -93,7 +99,7 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u, bool(int(w)), o) for r in args.ridges.split(",")
+        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u, weighting_option(w), o) for r in args.ridges.split(",")
                      for t in args.dense_targets.split(",") for x in args.splits.split(",")
                      for c in args.intercepts.split(",") for u in args.attention_units.split(",")
                      for w in args.weightings.split(",") for o in args.orders.split(",")]
@@ -144,11 +150,11 @@ def plot(document, path):
         rows = [r for r in document["results"] if run(r) == key]
         alone = len({k[0] for k in runs if k[0] == method}) == 1
         plain = ridge in (0, 0.0) and not target and not intercept and split is None and units == "groups" \
-            and weighting and order == "joint"
+            and weighting is True and order == "joint"
         label = method if alone and plain else \
             f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "") + (" intercept" * intercept) \
             + (f" split {split}" if split is not None else "") + (" query heads" if units == "heads" else "") \
-            + ("" if weighting else " unweighted") + ("" if order == "joint" else f" {order}")
+            + ("" if weighting is True else " unweighted" if weighting is False else f" {weighting} weights") + ("" if order == "joint" else f" {order}")
         ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")

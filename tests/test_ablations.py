@@ -155,7 +155,27 @@ def test_split_sizes_each_family_by_its_own_threshold(family, split):
     assert sizes_of(default) != sizes_of(plan) or split == "proportional"
 
 
-def _weights(family):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_other_norm_positions_weighting(family):
+    """``weighting="depth"`` on the decoder (STAT's post-LN weights) and ``"trend"`` on the encoder (the pivots')."""
+    rule = "trend" if family == "bert" else "depth"
+    dense, model, plan = run(family, Stat(weighting=rule))
+    assert plan.meta["method"] == f"stat ({rule} weights)"
+    curves = [np.asarray(c) for l in plan.layers for c in (l["attn_residuals"], l["mlp_residuals"])]
+    L = len(plan.layers)
+    if rule == "depth":  # sqrt(L + 1 - l) + 1 for l = 1..L, the same for a layer's two modules
+        weights = np.repeat([np.sqrt(L + 1 - l) + 1 for l in range(1, L + 1)], 2)
+    else:
+        weights = _weights(family, rule)
+        assert not np.allclose(weights, np.repeat(budget_lib.post_ln_layer_weights(L), 2))
+    expected, _ = budget_lib.choose_sizes(curves, costs_of(family, plan), weights, 0.5)
+    assert sizes_of(plan) == expected
+    assert held_out_error(family, dense, model) < 1.0
+    with pytest.raises(ValueError, match="weighting must be"):
+        Stat(weighting="uniform")
+
+
+def _weights(family, rule=None):
     """The layer weights STAT's sizes use on the tiny model (``layer_weights`` on its dense modules)."""
     from statlab.methods.stat import layer_weights
 
@@ -166,7 +186,7 @@ def _weights(family):
 
     class Spy(Stat):
         def sizes(self, modules, costs, fraction, adapter):
-            captured["w"] = layer_weights(list(modules.values()), adapter)
+            captured["w"] = layer_weights(list(modules.values()), adapter, rule)
             return super().sizes(modules, costs, fraction, adapter)
 
     statlab.prune(copy.deepcopy(dense), data(4), mac_fraction=0.5, method=Spy(), base="tiny")

@@ -101,17 +101,25 @@ def intercept_bias(module: ModuleStats, kept, w_out: torch.Tensor) -> torch.Tens
     return b + W @ mu - w_out @ mu[cols]
 
 
-def layer_weights(modules: list, adapter) -> np.ndarray:
+WEIGHTINGS = ("depth", "trend")
+"""``Stat(weighting=...)``'s named rules (besides True, the model's own, and False, none)."""
+
+
+def layer_weights(modules: list, adapter, rule: str | None = None) -> np.ndarray:
     """Error weight of every module of ``modules`` (ModuleStats, any order), in that order: (modules,).
 
-    Post-LN encoders: STAT's depth weighting
-    (:func:`~statlab.reference.budget.post_ln_layer_weights`). Pre-LN decoders:
-    each family's largest pivots — the output norm of its most important unit,
-    ``max_u ||Z_u W_u^T||`` — over their exponential trend
-    (:func:`~statlab.reference.budget.pre_ln_layer_weights`).
+    ``rule`` ``"depth"``: STAT's depth weighting
+    (:func:`~statlab.reference.budget.post_ln_layer_weights`), the default of
+    post-LN encoders. ``"trend"``: each family's largest pivots — the output
+    norm of its most important unit, ``max_u ||Z_u W_u^T||`` — over their
+    exponential trend (:func:`~statlab.reference.budget.pre_ln_layer_weights`),
+    the default of pre-LN decoders. None: the model's default.
     """
     layers = sorted({m.layer for m in modules})
-    if adapter.norm_position == "post":
+    rule = rule or ("depth" if adapter.norm_position == "post" else "trend")
+    if rule not in WEIGHTINGS:
+        raise ValueError(f"layer weighting must be one of {WEIGHTINGS}, got {rule!r}")
+    if rule == "depth":
         depth = dict(zip(layers, budget_lib.post_ln_layer_weights(len(layers))))
         return np.array([depth[m.layer] for m in modules])
     weights = np.empty(len(modules))
@@ -137,9 +145,12 @@ class Stat(PruningMethod):
         (:meth:`statlab.plan.PruningPlan.module_sizes`), so that STAT's selection and
         correction can be compared with that method's at the same sizes. Given
         sizes must name every module and keep at most the budget's cost.
-    weighting : bool
-        Weight each module's error curve by its layer (:func:`layer_weights`,
-        default) or weigh all modules alike.
+    weighting : bool or {"depth", "trend"}
+        Weight each module's error curve by its layer with the model's rule
+        (True, default: STAT's depth weights on post-LN encoders, the pivots'
+        trend on pre-LN decoders), with a named rule of :func:`layer_weights`
+        whatever the model (the alternative of the other norm position), or
+        weigh all modules alike (False).
     ridge_rule : {"fixed", "gcv"}
         The correction's relative ridge: ``ridge`` in every module (default),
         or chosen per module by generalised cross-validation on its own
@@ -235,7 +246,9 @@ class Stat(PruningMethod):
                              f"got {sizes!r}")
         if ridge_rule not in ("fixed", "gcv"):
             raise ValueError(f"ridge_rule must be 'fixed' or 'gcv', got {ridge_rule!r}")
-        self.correction, self.size_rule, self.weighting = bool(correction), sizes, bool(weighting)
+        if not isinstance(weighting, bool) and weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be True, False or one of {WEIGHTINGS}, got {weighting!r}")
+        self.correction, self.size_rule, self.weighting = bool(correction), sizes, weighting
         if self.split is not None and sizes != "curves":
             raise ValueError(f"split divides the budget between the curves of the two families: it needs "
                              f"sizes='curves', not {sizes!r}")
@@ -243,6 +256,7 @@ class Stat(PruningMethod):
         off = [word for word, on in (("no correction", self.correction), ("uniform sizes", sizes != "uniform"),
                                      ("given sizes", sizes != "given"), ("no layer weights", self.weighting))
                if not on]
+        off += [f"{weighting} weights"] if weighting in WEIGHTINGS else []
         off += ["gcv ridge"] if ridge_rule == "gcv" else []
         off += [f"split {self.split:g}" if isinstance(self.split, float) else "split proportional"] \
             if self.split is not None else []
@@ -263,7 +277,8 @@ class Stat(PruningMethod):
         if self.size_rule == "uniform":
             sizes, info = budget_lib.uniform_sizes(cost_list, fraction), {"sizes": "uniform"}
         else:
-            weights = layer_weights(stats, adapter) if self.weighting else np.ones(len(stats))
+            weights = np.ones(len(stats)) if self.weighting is False else \
+                layer_weights(stats, adapter, None if self.weighting is True else self.weighting)
             if self.split is None:
                 sizes, tau = budget_lib.choose_sizes(curves, cost_list, weights, fraction)
                 info = {"threshold": tau}
