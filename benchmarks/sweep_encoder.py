@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--weightings", default="1",
                         help="STAT's layer weightings of the error curves, comma-separated: 1 (the post-LN depth weights), 0 (none), "
                              "depth or trend (Stat(weighting=...))")
+    parser.add_argument("--keep-modules", default="0",
+                        help="STAT's keep_modules settings to run (no module removed whole): 0, 1 or 0,1")
     parser.add_argument("--orders", default="joint",
                         help="STAT's orders (Stat(order=...)): joint, 'neurons first' or both, comma-separated")
     parser.add_argument("--half", default="report", choices=["tune", "report"])
@@ -70,14 +72,16 @@ def main() -> None:
         for size in map(int, args.sizes.split(",")):
             batches, calib = calibration_batches(tokenizer, "stsb", size=size, source=source)
             for method in args.methods.split(","):
-                stat_grid = [(r, float(t), bool(int(c)), split_option(x), weighting_option(w), o)
+                stat_grid = [(r, float(t), bool(int(c)), split_option(x), weighting_option(w), o, bool(int(f)))
                              for r in args.ridges.split(",") for t in args.dense_targets.split(",")
                              for x in args.splits.split(",") for c in args.intercepts.split(",")
-                             for w in args.weightings.split(",") for o in args.orders.split(",")]
-                for ridge, target, intercept, split, weighting, order in stat_grid if method == "stat" else \
-                        [("0", 0.0, False, None, True, "joint")]:
+                             for w in args.weightings.split(",") for o in args.orders.split(",")
+                             for f in args.keep_modules.split(",")]
+                for ridge, target, intercept, split, weighting, order, keep in stat_grid if method == "stat" else \
+                        [("0", 0.0, False, None, True, "joint", False)]:
                     chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
-                                                     split=split, weighting=weighting, order=order)
+                                                     split=split, weighting=weighting, order=order,
+                                                     keep_modules=keep)
                     ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
                     for budget in map(float, args.budgets.split(",")):
                         model = copy.deepcopy(dense)
@@ -88,7 +92,7 @@ def main() -> None:
                         seconds = time.perf_counter() - start
                         row = {"method": method, "budget": budget, "source": source, "calibration_size": size,
                                "calibration_tokens": calib["tokens"], "ridge": ridge, "dense_target": target, "intercept": intercept,
-                               "split": split, "weighting": weighting, "order": order,
+                               "split": split, "weighting": weighting, "order": order, "keep_modules": keep,
                                "metrics": stsb_spearman(model, tokenizer, half=args.half, disable_progress=True),
                                "macs": block_macs(model, EVAL_SEQ_LEN), "dense_macs": block_macs(dense, EVAL_SEQ_LEN),
                                "kept": plan.kept_fraction(), "prune_seconds": round(seconds, 1)}

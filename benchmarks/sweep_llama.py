@@ -53,6 +53,8 @@ def main() -> None:
                              "depth or trend (Stat(weighting=...))")
     parser.add_argument("--attention-units", default="groups",
                         help="STAT's attention units to run: groups (whole KV groups), heads (query heads) or groups,heads")
+    parser.add_argument("--keep-modules", default="0",
+                        help="STAT's keep_modules settings to run (no module removed whole): 0, 1 or 0,1")
     parser.add_argument("--orders", default="joint",
                         help="STAT's orders (Stat(order=...)): joint, 'neurons first' or both, comma-separated")
     parser.add_argument("--eval", default="test", choices=["test", "validation"],
@@ -99,14 +101,17 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u, weighting_option(w), o) for r in args.ridges.split(",")
+        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u, weighting_option(w), o, bool(int(f)))
+                     for r in args.ridges.split(",")
                      for t in args.dense_targets.split(",") for x in args.splits.split(",")
                      for c in args.intercepts.split(",") for u in args.attention_units.split(",")
-                     for w in args.weightings.split(",") for o in args.orders.split(",")]
-        for ridge, target, intercept, split, units, weighting, order in stat_grid if method == "stat" else \
-                [("0", 0.0, False, None, "groups", True, "joint")]:
+                     for w in args.weightings.split(",") for o in args.orders.split(",")
+                     for f in args.keep_modules.split(",")]
+        for ridge, target, intercept, split, units, weighting, order, keep in stat_grid if method == "stat" else \
+                [("0", 0.0, False, None, "groups", True, "joint", False)]:
             chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
-                                             split=split, attention_units=units, weighting=weighting, order=order)
+                                             split=split, attention_units=units, weighting=weighting, order=order,
+                                             keep_modules=keep)
             ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
             for sparsity in map(float, args.sparsities.split(",")):
                 model = copy.deepcopy(dense)
@@ -115,6 +120,7 @@ def main() -> None:
                                      ridge=fixed, base=args.model)
                 row = {"method": method, "ridge": ridge, "dense_target": target, "intercept": intercept,
                        "split": split, "attention_units": units, "weighting": weighting, "order": order,
+                       "keep_modules": keep,
                        "sparsity": sparsity,
                        "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
                        **evaluate(model)}
@@ -142,19 +148,21 @@ def plot(document, path):
     ax.axhline(dense["perplexity"], color="gray", ls="--", label=f"dense {dense['perplexity']:.1f}")
     def run(r):
         return (r["method"], r.get("ridge", 0.0), r.get("dense_target", 0.0), r.get("intercept", False), r.get("split"),
-                r.get("attention_units", "groups"), r.get("weighting", True), r.get("order", "joint"))
+                r.get("attention_units", "groups"), r.get("weighting", True), r.get("order", "joint"),
+                r.get("keep_modules", False))
 
     runs = dict.fromkeys(run(r) for r in document["results"] if r["method"] != "dense")
     for key in runs:
-        method, ridge, target, intercept, split, units, weighting, order = key
+        method, ridge, target, intercept, split, units, weighting, order, keep = key
         rows = [r for r in document["results"] if run(r) == key]
         alone = len({k[0] for k in runs if k[0] == method}) == 1
         plain = ridge in (0, 0.0) and not target and not intercept and split is None and units == "groups" \
-            and weighting is True and order == "joint"
+            and weighting is True and order == "joint" and not keep
         label = method if alone and plain else \
             f"{method} ridge {ridge}" + (f" dense target {target:g}" if target else "") + (" intercept" * intercept) \
             + (f" split {split}" if split is not None else "") + (" query heads" if units == "heads" else "") \
-            + ("" if weighting is True else " unweighted" if weighting is False else f" {weighting} weights") + ("" if order == "joint" else f" {order}")
+            + ("" if weighting is True else " unweighted" if weighting is False else f" {weighting} weights") \
+            + ("" if order == "joint" else f" {order}") + (" modules kept" if keep else "")
         ax.plot([r["sparsity"] for r in rows], [r["perplexity"] for r in rows], "o-", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (fraction of attention + MLP parameters removed)")

@@ -139,8 +139,11 @@ def stepped_curve(curve, step):
     return r[(np.arange(r.size) // step) * step]
 
 
-def choose_sizes(curves, costs, weights, fraction, *, iterations=100):
+def choose_sizes(curves, costs, weights, fraction, *, iterations=100, minimum=None):
     """Per-module sizes that meet ``cost <= fraction · dense cost`` by bisecting ``τ``.
+
+    With ``minimum`` every module keeps at least ``minimum_i`` units whatever
+    ``τ``: ``k_i = max(minimum_i, min{k : w_i r_i(k) <= τ})``.
 
     Parameters
     ----------
@@ -151,6 +154,9 @@ def choose_sizes(curves, costs, weights, fraction, *, iterations=100):
         Error weight of each module (e.g. its layer's :func:`post_ln_layer_weights`).
     fraction : float in (0, 1]
         Fraction of the dense (prunable) cost to keep.
+    minimum : sequence of int, shape (modules,), optional
+        The fewest units each module keeps (e.g. one, so that no module is
+        removed whole); a ValueError if they alone cost more than the budget.
 
     Returns
     -------
@@ -163,16 +169,26 @@ def choose_sizes(curves, costs, weights, fraction, *, iterations=100):
         raise ValueError("curves, costs and weights must have one entry per module")
     dense = total_cost([c.units for c in costs], costs)
     target = fraction * dense
-    lo, hi = 0.0, float(max(weights)) * 1.0 + 1e-12  # at τ = hi every module keeps nothing
-    if total_cost(sizes_for_threshold(curves, weights, lo), costs) <= target:
-        return sizes_for_threshold(curves, weights, lo), lo
+    floor = [0] * len(costs) if minimum is None else [min(int(m), c.units) for m, c in zip(minimum, costs)]
+    if len(floor) != len(costs):
+        raise ValueError("minimum must have one entry per module")
+    if total_cost(floor, costs) > target:
+        raise ValueError(f"keeping the minimum of every module costs {total_cost(floor, costs) / dense:.4f} of the "
+                         f"dense cost, above the budget's {fraction:.4f}")
+
+    def sizes(tau):
+        return [max(k, m) for k, m in zip(sizes_for_threshold(curves, weights, tau), floor)]
+
+    lo, hi = 0.0, float(max(weights)) * 1.0 + 1e-12  # at τ = hi every module keeps its minimum
+    if total_cost(sizes(lo), costs) <= target:
+        return sizes(lo), lo
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if total_cost(sizes_for_threshold(curves, weights, mid), costs) <= target:
+        if total_cost(sizes(mid), costs) <= target:
             hi = mid
         else:
             lo = mid
-    return sizes_for_threshold(curves, weights, hi), hi
+    return sizes(hi), hi
 
 
 def split_sizes(curves, costs, weights, families, fraction, share):

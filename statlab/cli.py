@@ -57,7 +57,8 @@ def run_prune(args) -> dict:
     device, dtype = _hardware(args)  # a machine without the device is told before any work
     check_output_dir(args.out)  # before any work: a bad --out must not cost a prune
     method, ridge = statlab.methods.method_and_ridge(args.method, args.ridge, seed=args.seed,  # stat only
-                                                     attention_units=args.attention_units, order=args.order)
+                                                     attention_units=args.attention_units, order=args.order,
+                                                     keep_modules=args.keep_modules)
     corpus = _calibration_corpus(args)  # a bad file is refused before the model loads
     from statlab.evaluate import check_task
     from statlab.evaluate.heads import head_kind
@@ -440,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="joint: heads and neurons sized by one threshold and pruned in one pass (default); "
                         "'neurons first': the MLPs pruned first, then the heads measured again on that model and "
                         "sized with what is left of the budget (stat only)")
+    p.add_argument("--keep-modules", action="store_true",
+                   help="remove no module whole: every layer keeps at least one head (one query head per group with "
+                        "--attention-units heads) and one neuron (stat only)")
     p.add_argument("--precision", choices=GRAM_PRECISIONS, default="fp64",
                    help="accumulation of the Grams: fp64 (default; CPU, A100/H100/H200), fp32, or tf32 (TF32 tensor "
                         "cores on CUDA)")

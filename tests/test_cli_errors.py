@@ -56,6 +56,8 @@ PRUNE = ["prune", "--model", "minilm", "--task", "stsb"]
     (["--sparsity", "0.2", "--order", "neurons first", "--method", "flap"],
      "order=neurons first: STAT's options (--method stat), not flap's"),
     (["--sparsity", "0.2", "--order", "heads first"], "--order: invalid choice"),
+    (["--sparsity", "0.2", "--keep-modules", "--method", "activation"],
+     "keep_modules=True: STAT's options (--method stat), not activation's"),
     (["--mac-fraction", "abc"], "mac_fraction must be a number in (0, 1]"),
     (["--mac-fraction", "0"], "mac_fraction must lie in (0, 1], got 0"),
     (["--sparsity", "1"], "sparsity must lie in [0, 1), got 1"),

@@ -191,6 +191,14 @@ class Stat(PruningMethod):
         dropped units' mean contribution folded into the output map's bias
         (:func:`intercept_bias`; a map without a bias gets one, recorded in the
         plan). Not with ``dense_target``.
+    keep_modules : bool
+        No module is removed whole: the threshold's sizes are raised to at
+        least one unit per module (one query head per group with
+        ``attention_units="heads"``), so no layer loses its whole attention or
+        MLP (:func:`~statlab.reference.budget.choose_sizes`' ``minimum``).
+        Default False (the paper: a module whose weighted curve lies under the
+        threshold goes). Only with the one threshold (``split=None``,
+        ``sizes="curves"``).
     order : {"joint", "neurons first"}
         When each family is pruned. ``"joint"`` (default): heads and neurons
         in one bottom-up pass, both sized by one threshold on the dense model's
@@ -209,8 +217,14 @@ class Stat(PruningMethod):
     propagates = True
 
     def __init__(self, *, seed=0, ridge=0.0, correction=True, sizes="curves", weighting=True, ridge_rule="fixed",
-                 dense_target=0.0, intercept=False, split=None, attention_units="groups", order="joint"):
+                 dense_target=0.0, intercept=False, split=None, attention_units="groups", order="joint",
+                 keep_modules=False):
         super().__init__(seed=seed, ridge=ridge)
+        if not isinstance(keep_modules, bool):
+            raise ValueError(f"keep_modules must be True or False, got {keep_modules!r}")
+        self.keep_modules = keep_modules
+        if keep_modules and (sizes != "curves" or split is not None):
+            raise ValueError("keep_modules raises the one threshold's sizes: it needs sizes='curves' and split=None")
         if order not in ORDERS:
             raise ValueError(f"order must be one of {tuple(ORDERS)}, got {order!r}")
         self.order, self.phases = order, ORDERS[order]
@@ -264,6 +278,7 @@ class Stat(PruningMethod):
         off += ["intercept"] if self.intercept else []
         off += ["query heads"] if self.attention_units == "heads" else []
         off += [order] if order != "joint" else []
+        off += ["modules kept"] if keep_modules else []
         self.label = "stat" + (f" ({', '.join(off)})" if off else "")
 
     def sizes(self, modules, costs, fraction, adapter):
@@ -280,7 +295,8 @@ class Stat(PruningMethod):
             weights = np.ones(len(stats)) if self.weighting is False else \
                 layer_weights(stats, adapter, None if self.weighting is True else self.weighting)
             if self.split is None:
-                sizes, tau = budget_lib.choose_sizes(curves, cost_list, weights, fraction)
+                minimum = [max(m.groups, 1) for m in stats] if self.keep_modules else None
+                sizes, tau = budget_lib.choose_sizes(curves, cost_list, weights, fraction, minimum=minimum)
                 info = {"threshold": tau}
             else:
                 sizes, taus = budget_lib.split_sizes(curves, cost_list, weights, [k.kind for k in keys], fraction,

@@ -1,10 +1,11 @@
-"""The authors' order: neurons first, then heads measured again (``Stat(order="neurons first")``).
+"""STAT's allocation options: the authors' order and modules kept (issue 17 item 4).
 
-Tiny Llama decoders and BERT encoders: the budget met, the second phase's
-fraction against a direct computation, the heads' statistics taken on the
-MLP-pruned model (the two phases rebuilt by hand from given sizes give the same
-model), query heads within groups, plans that reload bit for bit, and the
-option's errors.
+``Stat(order="neurons first")`` on tiny Llama decoders: the budget met, the
+second phase's fraction against a direct computation, the heads' statistics
+taken on the MLP-pruned model (the two phases rebuilt by hand from given sizes
+give the same model), query heads within groups, plans that reload bit for bit,
+and the option's errors. ``Stat(keep_modules=True)``: the threshold's sizes
+raised to one level per module, against a direct computation.
 """
 
 from __future__ import annotations
@@ -123,3 +124,58 @@ def test_cli_names_the_orders_the_method_knows():
     from statlab.methods.stat import ORDERS
 
     assert cli.ORDERS == tuple(ORDERS)
+
+
+def test_choose_sizes_with_a_minimum_against_a_direct_computation():
+    curves = [np.array([1.0, 0.2, 0.1, 0.0]), np.array([1.0, 0.9, 0.5, 0.0]), np.array([1.0, 0.0])]
+    costs = [budget.ModuleCost(3, 1.0), budget.ModuleCost(3, 1.0), budget.ModuleCost(1, 2.0)]
+    weights = [1.0, 0.1, 0.9]  # dense cost 8, budget 4
+    # no minimum: from τ = 0.1 module 0 keeps 2 (0.1 <= τ), module 1 none (0.1 <= τ), module 2 one: cost 4;
+    # just below, module 0 needs 3 and module 1 one: cost 6
+    sizes, tau = budget.choose_sizes(curves, costs, weights, 0.5)
+    assert sizes == [2, 0, 1] and tau == pytest.approx(0.1, abs=1e-9)
+    # one unit each at least: at τ in [0.1, 0.2) that is 2 + 1 + 2 = 5; from τ = 0.2 module 0 keeps one: 4
+    sizes, tau = budget.choose_sizes(curves, costs, weights, 0.5, minimum=[1, 1, 1])
+    assert sizes == [1, 1, 1] and tau == pytest.approx(0.2, abs=1e-9)
+    with pytest.raises(ValueError, match="minimum of every module"):
+        budget.choose_sizes(curves, costs, weights, 0.3, minimum=[1, 1, 1])
+
+
+@pytest.mark.parametrize("units", ["groups", "heads"])
+def test_keep_modules_keeps_one_level_of_every_module(units):
+    from statlab.methods.stat import layer_weights
+
+    dense = tiny_llama(kv_heads=2, heads=6, layers=4, tied=True)
+    captured = {}
+
+    class Spy(Stat):  # the layer weights the threshold used
+        def sizes(self, modules, costs, fraction, adapter):
+            captured["w"] = layer_weights(list(modules.values()), adapter)
+            return super().sizes(modules, costs, fraction, adapter)
+
+    model = copy.deepcopy(dense)
+    plan = statlab.prune(model, windows(), sparsity=0.75, method=Spy(keep_modules=True, attention_units=units),
+                         base="tiny")
+    assert "modules kept" in plan.meta["method"] and kept_fraction(plan) <= 0.25 * (1 + 1e-9)
+    level = 2 if units == "heads" else 1  # one query head in each of the 2 groups, or one group
+    sizes = [n for l in plan.layers for n in (len(l["attn_kept"]), len(l["mlp_kept"]))]
+    assert all(k >= m for k, m in zip(sizes, [level, 1] * len(plan.layers)))
+    # the sizes are the threshold's, raised to the minimum
+    curves = [np.asarray(c) for l in plan.layers for c in (l["attn_residuals"], l["mlp_residuals"])]
+    thresholded = budget.sizes_for_threshold(curves, captured["w"], plan.meta["threshold"])
+    assert sizes == [max(k, m) for k, m in zip(thresholded, [level, 1] * len(plan.layers))]
+    plain = statlab.prune(copy.deepcopy(dense), windows(), sparsity=0.75, base="tiny",
+                          method=Stat(attention_units=units))
+    assert any(len(l["attn_kept"]) == 0 or len(l["mlp_kept"]) == 0 for l in plain.layers)  # the minimum was needed
+    reloaded = plan.apply(copy.deepcopy(dense))
+    ids = windows(1, seed=3)[0]["input_ids"]
+    assert torch.equal(logits(reloaded, ids), logits(model, ids))
+
+
+def test_keep_modules_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="split=None"):
+        Stat(keep_modules=True, split=0.2)
+    with pytest.raises(ValueError, match="keep_modules must be"):
+        Stat(keep_modules=1)
+    with pytest.raises(ValueError, match="minimum of every module"):
+        statlab.prune(tiny_llama(), windows(), mac_fraction=0.001, method=Stat(keep_modules=True), base="tiny")
