@@ -9,6 +9,12 @@
    selection and correction is fitted on the inputs the pruned model will
    feed the module (it reproduces the unpruned module on those inputs; it
    does not aim at the dense model's output).
+
+A method that prunes the families in turn (:attr:`~statlab.methods.PruningMethod.phases`,
+e.g. ``Stat(order="neurons first")``) runs 1–3 once per phase: the first
+phase's sizes come from every module's curves but only its families are
+pruned; a later phase measures its modules again on the model as the earlier
+phases left it, with what they left of the budget.
 """
 
 from __future__ import annotations
