@@ -22,15 +22,7 @@ import platform
 import sys
 import time
 
-
-def weighting_option(text: str):
-    """``Stat(weighting=...)`` of a ``--weightings`` entry: 1 (the model's rule), 0 (none), depth or trend."""
-    return {"1": True, "0": False}.get(text, text)
-
-
-def split_option(text: str):
-    """``Stat(split=...)`` of a ``--splits`` entry: ``none`` (the paper's one threshold), ``proportional`` or a share."""
-    return None if text == "none" else text if text == "proportional" else float(text)
+from stat_grid import PAPER, add_stat_flags, stat_grid
 
 
 def main() -> None:
@@ -41,22 +33,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=32, help="calibration windows")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=16384)
-    parser.add_argument("--ridges", default="0", help="relative ridges of STAT's corrections, or gcv")
-    parser.add_argument("--dense-targets", default="0",
-                        help="STAT's dense_target values: the weight of the dense model's outputs in each correction's target")
-    parser.add_argument("--intercepts", default="0", help="STAT's intercept settings to run: 0, 1 or 0,1")
-    parser.add_argument("--splits", default="none",
-                        help="STAT's budget splits between the families: none (one threshold), proportional, or shares of the "
-                             "removed cost taken from attention (Stat(split=...))")
-    parser.add_argument("--weightings", default="1",
-                        help="STAT's layer weightings of the error curves, comma-separated: 1 (the pre-LN pivot trend), 0 (none), "
-                             "depth or trend (Stat(weighting=...))")
+    add_stat_flags(parser, own_weighting="the pre-LN pivot trend")
     parser.add_argument("--attention-units", default="groups",
                         help="STAT's attention units to run: groups (whole KV groups), heads (query heads) or groups,heads")
-    parser.add_argument("--keep-modules", default="0",
-                        help="STAT's keep_modules settings to run (no module removed whole): 0, 1 or 0,1")
-    parser.add_argument("--orders", default="joint",
-                        help="STAT's orders (Stat(order=...)): joint, 'neurons first' or both, comma-separated")
     parser.add_argument("--eval", default="test", choices=["test", "validation"],
                         help="test windows, or validation windows calibration did not draw")
     parser.add_argument("--text-file", help="a second corpus (.txt or .jsonl, e.g. benchmarks/second_corpus.py's): "
@@ -101,27 +80,17 @@ def main() -> None:
     results = [{"method": "dense", "sparsity": 0.0, **evaluate(dense)}]
     print(json.dumps(results[0]), file=sys.stderr, flush=True)
     for method in args.methods.split(","):
-        stat_grid = [(r, float(t), bool(int(c)), split_option(x), u, weighting_option(w), o, bool(int(f)))
-                     for r in args.ridges.split(",")
-                     for t in args.dense_targets.split(",") for x in args.splits.split(",")
-                     for c in args.intercepts.split(",") for u in args.attention_units.split(",")
-                     for w in args.weightings.split(",") for o in args.orders.split(",")
-                     for f in args.keep_modules.split(",")]
-        for ridge, target, intercept, split, units, weighting, order, keep in stat_grid if method == "stat" else \
-                [("0", 0.0, False, None, "groups", True, "joint", False)]:
-            chosen, fixed = method_and_ridge(method, ridge, dense_target=target, intercept=intercept,
-                                             split=split, attention_units=units, weighting=weighting, order=order,
-                                             keep_modules=keep)
-            ridge = ridge if ridge == "gcv" else fixed  # as the JSON stores it
+        units = args.attention_units.split(",")
+        for point in stat_grid(args, attention_units=units) if method == "stat" else \
+                [{**PAPER, "attention_units": "groups"}]:
+            chosen, fixed = method_and_ridge(method, **point)
+            ridge = point["ridge"] if point["ridge"] == "gcv" else fixed  # as the JSON stores it
             for sparsity in map(float, args.sparsities.split(",")):
                 model = copy.deepcopy(dense)
                 start = time.perf_counter()
                 plan = statlab.prune(model, batches, sparsity=sparsity, method=chosen, seq_len=args.window,
                                      ridge=fixed, base=args.model)
-                row = {"method": method, "ridge": ridge, "dense_target": target, "intercept": intercept,
-                       "split": split, "attention_units": units, "weighting": weighting, "order": order,
-                       "keep_modules": keep,
-                       "sparsity": sparsity,
+                row = {"method": method, **point, "ridge": ridge, "sparsity": sparsity,
                        "prune_seconds": round(time.perf_counter() - start, 1), "kept": plan.kept_fraction(),
                        **evaluate(model)}
                 print(json.dumps(row), file=sys.stderr, flush=True)

@@ -441,7 +441,7 @@ def _checked_selection(selection, module: ModuleStats, k: int, method: str) -> S
 
 def _check_phases(pruner) -> tuple:
     """The method's :attr:`~statlab.methods.PruningMethod.phases`, checked: each kind in exactly one phase."""
-    phases = tuple(tuple(kinds) for kinds in getattr(pruner, "phases", (KINDS,)))
+    phases = tuple(tuple(kinds) for kinds in pruner.phases)
     named = [kind for kinds in phases for kind in kinds]
     if not phases or any(not kinds for kinds in phases) or sorted(named) != sorted(KINDS):
         raise ValueError(f"method {pruner.label!r}: phases must name each of {KINDS} once, got {phases}")
